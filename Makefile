@@ -1,0 +1,38 @@
+# Quick start: `make demo` and `make test`. Both create .venv and install what they need.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint serve bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# Pinned first: an unpinned torch can pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet 'torch==2.13.0'
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy src/turnout
+
+serve: $(STAMP)
+	$(VENV)/bin/turnout serve
+
+demo: $(STAMP)
+	$(VENV)/bin/turnout demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+	$(PY) bench/gateway.py
+	$(PY) bench/sync.py
+
+clean:
+	rm -rf $(VENV) .turnout .pytest_cache

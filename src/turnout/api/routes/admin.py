@@ -1,0 +1,61 @@
+"""``/admin/v1``: the operator's API, guarded by TURNOUT_ADMIN_TOKEN (same operations as
+`turnout admin`)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from turnout.api.deps import ServicesDep, require_admin
+from turnout.api.schemas import admin as wire
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+@router.post("/orgs", summary="Create an org (granted the built-in architectures)")
+async def create_org(body: wire.OrgCreate, s: ServicesDep) -> wire.OrgOut:
+    return await s.admin.create_org(body.name)
+
+
+@router.get("/orgs", summary="List orgs")
+async def list_orgs(s: ServicesDep) -> wire.OrgList:
+    return await s.admin.list_orgs()
+
+
+@router.post("/keys", summary="Create a key; the response is the only time it is shown")
+async def create_key(body: wire.KeyCreate, s: ServicesDep) -> wire.KeyOut:
+    return await s.admin.create_key(body.org, body.kind)
+
+
+@router.get("/keys", summary="List keys (hashes are never shown)")
+async def list_keys(s: ServicesDep, org: str | None = None) -> wire.KeyList:
+    return await s.admin.list_keys(org)
+
+
+@router.post("/keys/{key_id}:revoke", summary="Revoke a key")
+async def revoke_key(key_id: str, s: ServicesDep) -> wire.KeyOut:
+    return await s.admin.revoke_key(key_id)
+
+
+@router.get("/architectures", summary="List the architecture catalog")
+async def list_architectures(s: ServicesDep) -> wire.ArchList:
+    return await s.admin.list_architectures()
+
+
+@router.post("/architectures/{arch_id}:grant", summary="Let an org use an architecture")
+async def grant(arch_id: str, body: wire.GrantCreate, s: ServicesDep) -> wire.OrgOut:
+    return await s.admin.grant(arch_id, body.org)
+
+
+@router.post("/endpoints", summary="Create an endpoint")
+async def create_endpoint(body: wire.EndpointCreate, s: ServicesDep) -> wire.EndpointOut:
+    return await s.admin.create_endpoint(body)
+
+
+@router.get("/endpoints", summary="List all endpoints")
+async def list_endpoints(s: ServicesDep) -> wire.EndpointOutList:
+    return await s.admin.list_endpoints()
+
+
+@router.delete("/endpoints/{endpoint_id}", summary="Delete an endpoint")
+async def delete_endpoint(endpoint_id: str, s: ServicesDep) -> wire.EndpointOut:
+    return await s.admin.delete_endpoint(endpoint_id)

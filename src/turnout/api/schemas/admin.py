@@ -1,0 +1,80 @@
+"""Wire types for the operator's admin API (/admin/v1; Turnout only)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from turnout.api.schemas.base import ManagementModel
+
+
+class OrgCreate(ManagementModel):
+    name: str = Field(min_length=2, max_length=128, examples=["my-org"])
+
+
+class OrgOut(ManagementModel):
+    name: str
+    created: int
+    architectures: list[str]
+
+
+class OrgList(ManagementModel):
+    orgs: list[OrgOut]
+
+
+class KeyCreate(ManagementModel):
+    org: str
+    kind: Literal["management", "inference"]
+
+
+class KeyOut(ManagementModel):
+    id: str
+    org: str
+    kind: str
+    prefix: str
+    created: int
+    revoked: int | None = None
+    #: Only in the response that creates the key; never stored.
+    key: str | None = None
+
+
+class KeyList(ManagementModel):
+    keys: list[KeyOut]
+
+
+class ArchOut(ManagementModel):
+    arch_id: str
+    description: str
+    config: dict[str, int | float | str | bool]
+    serving: dict[str, int | float | str | bool]
+
+
+class ArchList(ManagementModel):
+    architectures: list[ArchOut]
+
+
+class GrantCreate(ManagementModel):
+    org: str
+
+
+class EndpointCreate(ManagementModel):
+    endpoint_id: str = Field(min_length=2, max_length=128, examples=["my-org-tiny"])
+    org: str
+    arch: str
+    replicas: int = Field(default=1, ge=1, le=64)
+    engine: str = "builtin"
+
+
+class EndpointOut(ManagementModel):
+    endpoint_id: str
+    org: str
+    arch: str
+    replicas: int
+    engine: str
+    created: int
+    serving_deployment_id: str | None = None
+
+
+class EndpointOutList(ManagementModel):
+    endpoints: list[EndpointOut]

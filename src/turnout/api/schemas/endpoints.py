@@ -1,0 +1,49 @@
+"""Wire types for endpoints (reference §1.7, §1.9)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from turnout.api.schemas.base import ManagementModel
+from turnout.api.schemas.deployments import RolloutStatus
+
+
+class EndpointItem(ManagementModel):
+    # reference §1.7
+    endpoint_id: str = Field(examples=["my-org-tiny"])
+    model_arch_id: str
+    created: int
+    updated: int
+    org_name: str
+
+
+class EndpointList(ManagementModel):
+    # reference §1.7
+    endpoints: list[EndpointItem]
+
+
+class ReplicaCounts(ManagementModel):
+    ready: int
+    total: int
+
+
+class DeployedModel(ManagementModel):
+    # reference §1.9 `deployed_models[]`
+    id: str
+    model: str
+    version_alias: str | None = None
+    created: int
+    state: RolloutStatus
+    # Turnout extensions (not in the published API)
+    serving: bool = False
+    replicas: ReplicaCounts | None = None
+
+
+class EndpointStatus(ManagementModel):
+    # reference §1.9
+    name: str
+    model_arch_id: str
+    deployed_models: list[DeployedModel]
+    managing_org_name: str
+    created: int
+    updated: int

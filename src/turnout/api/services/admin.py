@@ -1,0 +1,178 @@
+"""Operator actions: orgs, keys, architecture grants, endpoints. Used by the admin CLI (on the
+store directly) and by ``/admin/v1``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from turnout.api.schemas import admin as wire
+from turnout.errors import BadRequest, Conflict, NotFound
+from turnout.ids import NAME_PATTERN, hash_key, new_key, new_key_id
+from turnout.placement.engines import known_engines
+from turnout.registry.architectures import BUILTIN_ARCHITECTURES
+from turnout.rollout.states import ACTIVE
+from turnout.store import endpoints as endpoints_repo
+from turnout.store import tenants
+from turnout.store.db import Database
+from turnout.store.records import ArchitectureRecord, Endpoint, KeyKind
+
+
+def catalog_records() -> list[ArchitectureRecord]:
+    return [
+        ArchitectureRecord(a.arch_id, a.description, dict(a.config), asdict(a.serving))
+        for a in BUILTIN_ARCHITECTURES
+    ]
+
+
+def _check_name(value: str, what: str, param: str) -> None:
+    if not NAME_PATTERN.match(value):
+        raise BadRequest(
+            f"{what} {value!r} is not a valid name: use 2-128 lowercase letters, digits, '.' "
+            "or '-', starting with a letter and ending with a letter or digit",
+            param=param,
+        )
+
+
+def _endpoint_out(e: Endpoint) -> wire.EndpointOut:
+    return wire.EndpointOut(
+        endpoint_id=e.endpoint_id,
+        org=e.org_name,
+        arch=e.arch_id,
+        replicas=e.replicas,
+        engine=e.engine,
+        created=e.created,
+        serving_deployment_id=e.serving_deployment_id,
+    )
+
+
+class AdminService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def seed(self) -> None:
+        async with self.db.session() as s:
+            await tenants.seed_architectures(s, catalog_records())
+
+    async def create_org(self, name: str) -> wire.OrgOut:
+        _check_name(name, "org name", "name")
+        async with self.db.session() as s:
+            org = await tenants.create_org(s, name)
+            for arch in BUILTIN_ARCHITECTURES:
+                await tenants.grant(s, org, arch.arch_id)
+            archs = await tenants.granted_architectures(s, org)
+        return wire.OrgOut(name=org.name, created=org.created, architectures=archs)
+
+    async def list_orgs(self) -> wire.OrgList:
+        async with self.db.session() as s:
+            out = []
+            for org in await tenants.list_orgs(s):
+                archs = await tenants.granted_architectures(s, org)
+                out.append(wire.OrgOut(name=org.name, created=org.created, architectures=archs))
+        return wire.OrgList(orgs=out)
+
+    async def create_key(self, org_name: str, kind: str) -> wire.KeyOut:
+        try:
+            key_kind = KeyKind(kind)
+        except ValueError:
+            raise BadRequest(
+                f"key kind {kind!r} is unknown; use management or inference", param="kind"
+            ) from None
+        token = new_key(key_kind.value)
+        async with self.db.session() as s:
+            org = await tenants.get_org(s, org_name)
+            key = await tenants.add_key(
+                s, org, key_id=new_key_id(), kind=key_kind, key_hash=hash_key(token), prefix=token[:8]
+            )
+        return wire.KeyOut(
+            id=key.id, org=org.name, kind=key.kind, prefix=key.prefix, created=key.created, key=token
+        )
+
+    async def list_keys(self, org_name: str | None) -> wire.KeyList:
+        async with self.db.session() as s:
+            org = await tenants.get_org(s, org_name) if org_name else None
+            keys = await tenants.list_keys(s, org)
+        return wire.KeyList(
+            keys=[
+                wire.KeyOut(
+                    id=k.id,
+                    org=k.org_name,
+                    kind=k.kind,
+                    prefix=k.prefix,
+                    created=k.created,
+                    revoked=k.revoked,
+                )
+                for k in keys
+            ]
+        )
+
+    async def revoke_key(self, key_id: str) -> wire.KeyOut:
+        async with self.db.session() as s:
+            k = await tenants.revoke_key(s, key_id)
+        return wire.KeyOut(
+            id=k.id, org=k.org_name, kind=k.kind, prefix=k.prefix, created=k.created, revoked=k.revoked
+        )
+
+    async def list_architectures(self) -> wire.ArchList:
+        async with self.db.session() as s:
+            archs = await tenants.list_architectures(s)
+        return wire.ArchList(
+            architectures=[
+                wire.ArchOut(
+                    arch_id=a.arch_id,
+                    description=a.description,
+                    config=dict(a.config),  # type: ignore[arg-type]
+                    serving=dict(a.serving),  # type: ignore[arg-type]
+                )
+                for a in archs
+            ]
+        )
+
+    async def grant(self, arch_id: str, org_name: str) -> wire.OrgOut:
+        async with self.db.session() as s:
+            org = await tenants.get_org(s, org_name)
+            await tenants.grant(s, org, arch_id)
+            archs = await tenants.granted_architectures(s, org)
+        return wire.OrgOut(name=org.name, created=org.created, architectures=archs)
+
+    async def create_endpoint(self, req: wire.EndpointCreate) -> wire.EndpointOut:
+        _check_name(req.endpoint_id, "endpoint id", "endpoint_id")
+        if req.engine not in known_engines():
+            raise BadRequest(
+                f"engine {req.engine!r} is unknown; use one of {', '.join(known_engines())}",
+                param="engine",
+            )
+        async with self.db.session() as s:
+            org = await tenants.get_org(s, req.org)
+            await tenants.get_architecture(s, req.arch)
+            if not await tenants.is_granted(s, org, req.arch):
+                raise BadRequest(
+                    f"org {org.name!r} may not use architecture {req.arch!r}; grant it with "
+                    f"`turnout admin arch grant {req.arch} --org {org.name}`",
+                    param="arch",
+                )
+            endpoint = await endpoints_repo.create_endpoint(
+                s, req.endpoint_id, org, req.arch, replicas=req.replicas, engine=req.engine
+            )
+        return _endpoint_out(endpoint)
+
+    async def list_endpoints(self) -> wire.EndpointOutList:
+        async with self.db.session() as s:
+            endpoints = await endpoints_repo.list_endpoints(s)
+        return wire.EndpointOutList(endpoints=[_endpoint_out(e) for e in endpoints])
+
+    async def delete_endpoint(self, endpoint_id: str) -> wire.EndpointOut:
+        async with self.db.session() as s:
+            endpoint = await endpoints_repo.find_endpoint(s, endpoint_id)
+            if endpoint is None:
+                raise NotFound(f"endpoint {endpoint_id!r} does not exist", param="endpoint_id")
+            active = await endpoints_repo.list_deployments(
+                s, endpoint_id=endpoint_id, states=[st.value for st in ACTIVE]
+            )
+            if active:
+                raise Conflict(
+                    f"endpoint {endpoint_id!r} has deployment {active[0].id} "
+                    f"{active[0].state}; cancel it first, then delete the endpoint",
+                    param="endpoint_id",
+                )
+            await endpoints_repo.delete_endpoint(s, endpoint_id)
+        return _endpoint_out(endpoint)

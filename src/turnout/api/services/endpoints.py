@@ -1,0 +1,267 @@
+"""Endpoints and deployments: list, status, :deployModel, cancel, rollback (reference §1.7–§1.9
+and the DESIGN §4 extensions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from turnout.api.schemas import deployments as dwire
+from turnout.api.schemas import endpoints as ewire
+from turnout.api.schemas.base import OperationError
+from turnout.api.services.auth import Principal
+from turnout.api.services.models import body_hash
+from turnout.errors import BadRequest, Conflict, NotFound, PermissionDenied
+from turnout.ids import VersionRef, new_deployment_id
+from turnout.placement.base import ReplicaState
+from turnout.rollout.states import ACTIVE, DeploymentState, Event, IllegalTransition, advance
+from turnout.store import endpoints as repo
+from turnout.store import versions
+from turnout.store.db import Database
+from turnout.store.records import Deployment, Endpoint, SyncStatus
+
+
+def deployment_schema(
+    d: Deployment, events: list[dwire.DeploymentEvent] | None = None
+) -> dwire.DeploymentOperation:
+    state = DeploymentState(d.state)
+    error = None
+    if state in (DeploymentState.FAILED, DeploymentState.CANCELLED):
+        error = OperationError(
+            code=d.error_code or state.value, message=d.error_message or f"deployment {state}"
+        )
+    return dwire.DeploymentOperation(
+        name=d.id,
+        done=state not in ACTIVE,
+        response=dwire.DeploymentInfo(
+            deployment_id=d.id,
+            endpoint_id=d.endpoint_id,
+            org_name=d.org_name,
+            model_arch_id=d.arch_id,
+            version_id=d.version_number,
+            created=d.created,
+            updated=d.updated,
+            rollout_status=state.value,
+            version_alias=d.alias_used,
+            step=d.step,
+            events=events,
+        ),
+        error=error,
+    )
+
+
+class EndpointsService:
+    def __init__(self, db: Database, on_queued: Callable[[], None]) -> None:
+        self.db = db
+        self.on_queued = on_queued
+
+    async def _owned(self, s: AsyncSession, principal: Principal, endpoint_id: str) -> Endpoint:
+        """404 for another org's endpoint too, so existence does not leak."""
+        endpoint = await repo.find_endpoint(s, endpoint_id)
+        if endpoint is None or endpoint.org_id != principal.org.id:
+            raise repo.endpoint_not_found(endpoint_id)
+        return endpoint
+
+    async def list_endpoints(self, principal: Principal, org_name: str) -> ewire.EndpointList:
+        from turnout.api.services.auth import check_org
+
+        org = await check_org(self.db, principal, org_name)
+        async with self.db.session() as s:
+            found = await repo.list_endpoints(s, org)
+        return ewire.EndpointList(
+            endpoints=[
+                ewire.EndpointItem(
+                    endpoint_id=e.endpoint_id,
+                    model_arch_id=e.arch_id,
+                    created=e.created,
+                    updated=e.updated,
+                    org_name=e.org_name,
+                )
+                for e in found
+            ]
+        )
+
+    async def status(self, principal: Principal, endpoint_id: str) -> ewire.EndpointStatus:
+        async with self.db.session() as s:
+            endpoint = await self._owned(s, principal, endpoint_id)
+            shown = await repo.list_deployments(
+                s, endpoint_id=endpoint_id, states=[a.value for a in ACTIVE]
+            )
+            if endpoint.serving_deployment_id:
+                serving = await repo.find_deployment(s, endpoint.serving_deployment_id)
+                if serving:
+                    shown.append(serving)
+            replicas = await repo.list_replicas(s, endpoint_id=endpoint_id)
+            deployed = []
+            for d in sorted(shown, key=lambda d: d.seq):
+                mine = [r for r in replicas if r.deployment_id == d.id]
+                alias = d.alias_used
+                if alias is None:
+                    version = await versions.get_version_by_pk(s, d.version_id)
+                    alias = version.aliases[0] if version and version.aliases else None
+                deployed.append(
+                    ewire.DeployedModel(
+                        id=d.id,
+                        model=d.model_name,
+                        version_alias=alias,
+                        created=d.created,
+                        state=d.state,  # type: ignore[arg-type]
+                        serving=d.id == endpoint.serving_deployment_id,
+                        replicas=ewire.ReplicaCounts(
+                            ready=sum(r.state == ReplicaState.READY for r in mine), total=len(mine)
+                        ),
+                    )
+                )
+        return ewire.EndpointStatus(
+            name=endpoint.endpoint_id,
+            model_arch_id=endpoint.arch_id,
+            deployed_models=deployed,
+            managing_org_name=endpoint.org_name,
+            created=endpoint.created,
+            updated=endpoint.updated,
+        )
+
+    async def deploy(
+        self, principal: Principal, endpoint_id: str, model: str, idem_key: str | None
+    ) -> dwire.DeploymentOperation:
+        ref = VersionRef.parse(model)
+        async with self.db.session() as s:
+            endpoint = await self._owned(s, principal, endpoint_id)
+            if idem_key:
+                found = await versions.find_idempotent(
+                    s, principal.org, f"deploy:{endpoint_id}", idem_key
+                )
+                if found:
+                    if found[0] != body_hash(model):
+                        raise Conflict(
+                            f"Idempotency-Key {idem_key!r} was used with a different body; "
+                            "use a new key",
+                            code="idempotency_key_reused",
+                        )
+                    return deployment_schema(await repo.get_deployment(s, found[1]))
+            deployment = await self._submit(s, principal, endpoint, ref)
+            if idem_key:
+                await versions.record_idempotent(
+                    s, principal.org, f"deploy:{endpoint_id}", idem_key, body_hash(model), deployment.id
+                )
+        self.on_queued()
+        return deployment_schema(deployment)
+
+    async def _submit(
+        self, s: AsyncSession, principal: Principal, endpoint: Endpoint, ref: VersionRef
+    ) -> Deployment:
+        if ref.org_name != principal.org.name:
+            raise PermissionDenied(
+                f"model {ref} belongs to org {ref.org_name!r}; this key can deploy only "
+                f"versions of org {principal.org.name!r}",
+                param="model",
+            )
+        if ref.arch_id != endpoint.arch_id:
+            raise BadRequest(
+                f"endpoint {endpoint.endpoint_id!r} runs architecture {endpoint.arch_id!r}; "
+                f"{ref} is of {ref.arch_id!r}. Deploy a version of {endpoint.arch_id!r}",
+                param="model",
+                code="architecture_mismatch",
+            )
+        version = await versions.resolve_version(s, principal.org, ref.arch_id, ref.version)
+        if version.sync_status is not SyncStatus.DONE:
+            detail = f": {version.sync_error}" if version.sync_error else ""
+            raise Conflict(
+                f"{version.name} cannot be deployed: its sync is {version.sync_status}{detail}. "
+                "Wait for sync_status done, or upload the weights again",
+                param="model",
+                code="version_not_ready",
+            )
+        return await repo.create_deployment(
+            s,
+            deployment_id=new_deployment_id(),
+            endpoint=endpoint,
+            version_pk=version.id,
+            alias_used=None if ref.version.isdigit() else ref.version,
+            state=DeploymentState.NOT_STARTED.value,
+        )
+
+    async def get_deployment(
+        self, principal: Principal, deployment_id: str
+    ) -> dwire.DeploymentOperation:
+        async with self.db.session() as s:
+            d = await repo.get_deployment(s, deployment_id)
+            if d.org_id != principal.org.id:
+                await repo.get_deployment(s, "")  # the same 404 as an unknown id
+            events = await repo.list_events(s, deployment_id)
+        return deployment_schema(
+            d, [dwire.DeploymentEvent(at=e.at, step=e.step, message=e.message) for e in events]
+        )
+
+    async def list_deployments(
+        self, principal: Principal, endpoint_id: str
+    ) -> dwire.DeploymentList:
+        async with self.db.session() as s:
+            await self._owned(s, principal, endpoint_id)
+            found = await repo.list_deployments(s, endpoint_id=endpoint_id)
+        return dwire.DeploymentList(deployments=[deployment_schema(d) for d in found])
+
+    async def cancel(
+        self, principal: Principal, endpoint_id: str, deployment_id: str
+    ) -> dwire.DeploymentOperation:
+        async with self.db.session() as s:
+            await self._owned(s, principal, endpoint_id)
+            d = await repo.find_deployment(s, deployment_id)
+            if d is None or d.endpoint_id != endpoint_id:
+                raise NotFound(
+                    f"deployment {deployment_id!r} does not exist on endpoint {endpoint_id!r}",
+                    param="deployment_id",
+                    code="deployment_not_found",
+                )
+            try:
+                new_state = advance(DeploymentState(d.state), Event.CANCEL)
+            except IllegalTransition:
+                raise Conflict(
+                    f"deployment {deployment_id} is already {d.state} and cannot be cancelled",
+                    param="deployment_id",
+                    code="deployment_done",
+                ) from None
+            # The rollout worker sees the stored state before each step and stops its replicas.
+            await repo.update_deployment(
+                s,
+                deployment_id,
+                state=new_state.value,
+                error_code="cancelled",
+                error_message="cancelled by request; the previous version keeps serving",
+            )
+            await repo.add_event(s, deployment_id, "cancelled", "cancel requested")
+            d = await repo.get_deployment(s, deployment_id)
+        self.on_queued()
+        return deployment_schema(d)
+
+    async def rollback(self, principal: Principal, endpoint_id: str) -> dwire.DeploymentOperation:
+        async with self.db.session() as s:
+            endpoint = await self._owned(s, principal, endpoint_id)
+            complete = await repo.list_deployments(
+                s, endpoint_id=endpoint_id, states=[DeploymentState.COMPLETE.value]
+            )
+            serving = next((d for d in complete if d.id == endpoint.serving_deployment_id), None)
+            previous = next(
+                (
+                    d
+                    for d in complete
+                    if d.id != endpoint.serving_deployment_id
+                    and (serving is None or d.version_id != serving.version_id)
+                ),
+                None,
+            )
+            if previous is None:
+                raise Conflict(
+                    f"endpoint {endpoint_id!r} has no earlier complete deployment of another "
+                    "version to roll back to",
+                    param="endpoint_id",
+                    code="nothing_to_roll_back",
+                )
+            ref = VersionRef(previous.org_name, previous.arch_id, str(previous.version_number))
+            deployment = await self._submit(s, principal, endpoint, ref)
+            await repo.add_event(
+                s, deployment.id, "submitted", f"rollback to version {previous.version_number}"
+            )
+        self.on_queued()
+        return deployment_schema(deployment)

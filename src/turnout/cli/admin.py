@@ -1,0 +1,145 @@
+"""`turnout admin`: operator commands that work on the store directly."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+
+from turnout.api.schemas.admin import EndpointCreate
+from turnout.api.services.admin import AdminService
+from turnout.cli.context import DataDir, JsonFlag, emit, load_settings, run_or_exit
+from turnout.store.db import Database
+
+app = typer.Typer(help="Operator commands on the store: orgs, keys, architectures, endpoints.")
+org_app = typer.Typer(help="Orgs (tenants).")
+key_app = typer.Typer(help="Management and inference keys.")
+arch_app = typer.Typer(help="The architecture catalog and grants.")
+endpoint_app = typer.Typer(help="Endpoints.")
+app.add_typer(org_app, name="org")
+app.add_typer(key_app, name="key")
+app.add_typer(arch_app, name="arch")
+app.add_typer(endpoint_app, name="endpoint")
+
+T = TypeVar("T")
+
+
+def _with_admin(data_dir: DataDir, action: Callable[[AdminService], Awaitable[T]]) -> T:
+    settings = load_settings(data_dir)
+
+    async def work() -> T:
+        db = Database(settings.resolved_database_url())
+        try:
+            await db.migrate()
+            service = AdminService(db)
+            await service.seed()
+            return await action(service)
+        finally:
+            await db.dispose()
+
+    return run_or_exit(work)
+
+
+@org_app.command("create")
+def org_create(name: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """Create an org; it is granted the built-in architectures."""
+    org = _with_admin(data_dir, lambda s: s.create_org(name))
+    emit(org, as_json, ["name", "created", "architectures"])
+
+
+@org_app.command("list")
+def org_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    emit(
+        _with_admin(data_dir, lambda s: s.list_orgs()),
+        as_json,
+        ["name", "created", "architectures"],
+        "orgs",
+    )
+
+
+@key_app.command("create")
+def key_create(
+    org: Annotated[str, typer.Option("--org", help="Org the key acts for.")],
+    kind: Annotated[str, typer.Option("--kind", help="management or inference")],
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a key. Prints only the key on stdout: it is shown this once, and stored hashed."""
+    key = _with_admin(data_dir, lambda s: s.create_key(org, kind))
+    if as_json:
+        emit(key, True, [])
+    else:
+        typer.echo(key.key)
+
+
+@key_app.command("list")
+def key_list(
+    org: Annotated[str | None, typer.Option("--org")] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    keys = _with_admin(data_dir, lambda s: s.list_keys(org))
+    emit(keys, as_json, ["id", "org", "kind", "prefix", "created", "revoked"], "keys")
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    emit(
+        _with_admin(data_dir, lambda s: s.revoke_key(key_id)),
+        as_json,
+        ["id", "org", "kind", "revoked"],
+    )
+
+
+@arch_app.command("list")
+def arch_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    archs = _with_admin(data_dir, lambda s: s.list_architectures())
+    emit(archs, as_json, ["arch_id", "description"], "architectures")
+
+
+@arch_app.command("grant")
+def arch_grant(
+    arch: str,
+    org: Annotated[str, typer.Option("--org")],
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    emit(_with_admin(data_dir, lambda s: s.grant(arch, org)), as_json, ["name", "architectures"])
+
+
+@endpoint_app.command("create")
+def endpoint_create(
+    endpoint_id: str,
+    org: Annotated[str, typer.Option("--org")],
+    arch: Annotated[str, typer.Option("--arch")],
+    replicas: Annotated[int, typer.Option("--replicas", min=1, max=64)] = 1,
+    engine: Annotated[str, typer.Option("--engine")] = "builtin",
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    req = EndpointCreate(
+        endpoint_id=endpoint_id, org=org, arch=arch, replicas=replicas, engine=engine
+    )
+    out = _with_admin(data_dir, lambda s: s.create_endpoint(req))
+    emit(out, as_json, ["endpoint_id", "org", "arch", "replicas", "engine"])
+
+
+@endpoint_app.command("list")
+def endpoint_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    out = _with_admin(data_dir, lambda s: s.list_endpoints())
+    emit(
+        out,
+        as_json,
+        ["endpoint_id", "org", "arch", "replicas", "engine", "serving_deployment_id"],
+        "endpoints",
+    )
+
+
+@endpoint_app.command("delete")
+def endpoint_delete(endpoint_id: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    emit(
+        _with_admin(data_dir, lambda s: s.delete_endpoint(endpoint_id)),
+        as_json,
+        ["endpoint_id", "org"],
+    )

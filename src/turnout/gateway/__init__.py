@@ -1,0 +1,7 @@
+"""The gateway: ``/v1`` inference requests routed to the ready replicas of each endpoint.
+
+Modules: ``keys`` (key hashing, importable without aiohttp), ``routing`` (routing table and
+least-outstanding replica choice), ``rewrite`` (response ``model``/``system_fingerprint``
+rewriting), ``metrics``, ``proxy`` (the raw-ASGI hot path), ``app`` (``create_gateway_app``).
+Nothing is imported here so ``turnout.gateway.keys`` stays light.
+"""

@@ -1,0 +1,166 @@
+"""SQLAlchemy tables. Storage types only: repositories turn rows into frozen records.
+
+Every status is one stored ``state`` column (plus its reason/error), never derived from flags.
+Schema changes go through Alembic migrations in ``store/migrations``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class OrgRow(Base):
+    __tablename__ = "orgs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # management | inference
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created: Mapped[int] = mapped_column(BigInteger)
+    revoked: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class ArchitectureRow(Base):
+    """The catalog as stored; seeded from the built-in catalog on every start."""
+
+    __tablename__ = "architectures"
+    arch_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    description: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    serving: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ArchGrantRow(Base):
+    __tablename__ = "arch_grants"
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    arch_id: Mapped[str] = mapped_column(ForeignKey("architectures.arch_id"), primary_key=True)
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("org_id", "arch_id", "version_number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    arch_id: Mapped[str] = mapped_column(ForeignKey("architectures.arch_id"))
+    version_number: Mapped[int] = mapped_column(Integer)
+    weight_uri: Mapped[str] = mapped_column(Text)
+    fingerprint_suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    sync_status: Mapped[str] = mapped_column(String(16), index=True)
+    sync_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    weight_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[int] = mapped_column(BigInteger)
+    updated: Mapped[int] = mapped_column(BigInteger)
+    #: Deleted versions keep their row so their integer id is never reused.
+    deleted: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class VersionAliasRow(Base):
+    __tablename__ = "version_aliases"
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    arch_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EndpointRow(Base):
+    __tablename__ = "endpoints"
+    endpoint_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    arch_id: Mapped[str] = mapped_column(ForeignKey("architectures.arch_id"))
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
+    engine: Mapped[str] = mapped_column(String(64), default="builtin")
+    serving_deployment_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created: Mapped[int] = mapped_column(BigInteger)
+    updated: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeploymentRow(Base):
+    __tablename__ = "deployments"
+    __table_args__ = (Index("ix_deployments_endpoint_seq", "endpoint_id", "seq"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    #: Submission order; deployments on one endpoint run first in, first out by it.
+    seq: Mapped[int] = mapped_column(BigInteger)
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("endpoints.endpoint_id", ondelete="CASCADE")
+    )
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    alias_used: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    step: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[int] = mapped_column(BigInteger)
+    updated: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeploymentEventRow(Base):
+    __tablename__ = "deployment_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[float] = mapped_column(Float)
+    step: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+
+
+class ReplicaRow(Base):
+    __tablename__ = "replicas"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(String(128), index=True)
+    deployment_id: Mapped[str] = mapped_column(String(36), index=True)
+    address: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[int] = mapped_column(BigInteger)
+    updated: Mapped[int] = mapped_column(BigInteger)
+
+
+class IdempotencyRow(Base):
+    __tablename__ = "idempotency_keys"
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    route: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(128))
+    created: Mapped[int] = mapped_column(BigInteger)

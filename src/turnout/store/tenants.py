@@ -1,0 +1,176 @@
+"""Orgs, their keys, the architecture catalog and which org may use which architecture."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from turnout.errors import Conflict, NotFound
+from turnout.store.records import ApiKey, ArchitectureRecord, KeyKind, Org
+from turnout.store.tables import ApiKeyRow, ArchGrantRow, ArchitectureRow, OrgRow
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def _org(row: OrgRow) -> Org:
+    return Org(id=row.id, name=row.name, created=row.created)
+
+
+async def create_org(session: AsyncSession, name: str) -> Org:
+    if await find_org(session, name) is not None:
+        raise Conflict(f"org {name!r} already exists; pick another name", param="name")
+    row = OrgRow(name=name, created=now())
+    session.add(row)
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"org {name!r} already exists; pick another name", param="name") from exc
+    return _org(row)
+
+
+async def find_org(session: AsyncSession, name: str) -> Org | None:
+    row = await session.scalar(select(OrgRow).where(OrgRow.name == name))
+    return _org(row) if row else None
+
+
+async def get_org(session: AsyncSession, name: str) -> Org:
+    org = await find_org(session, name)
+    if org is None:
+        raise NotFound(
+            f"org {name!r} does not exist; list orgs with `turnout admin org list`", param="org"
+        )
+    return org
+
+
+async def list_orgs(session: AsyncSession) -> list[Org]:
+    rows = await session.scalars(select(OrgRow).order_by(OrgRow.id))
+    return [_org(r) for r in rows]
+
+
+def _key(row: ApiKeyRow, org_name: str) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        org_id=row.org_id,
+        org_name=org_name,
+        kind=KeyKind(row.kind),
+        prefix=row.prefix,
+        created=row.created,
+        revoked=row.revoked,
+    )
+
+
+async def add_key(
+    session: AsyncSession, org: Org, *, key_id: str, kind: KeyKind, key_hash: str, prefix: str
+) -> ApiKey:
+    row = ApiKeyRow(
+        id=key_id, org_id=org.id, kind=kind.value, key_hash=key_hash, prefix=prefix, created=now()
+    )
+    session.add(row)
+    await session.flush()
+    return _key(row, org.name)
+
+
+async def find_key_by_hash(session: AsyncSession, key_hash: str) -> ApiKey | None:
+    found = (
+        await session.execute(
+            select(ApiKeyRow, OrgRow.name)
+            .join(OrgRow, OrgRow.id == ApiKeyRow.org_id)
+            .where(ApiKeyRow.key_hash == key_hash)
+        )
+    ).first()
+    return _key(found[0], found[1]) if found else None
+
+
+async def list_keys(session: AsyncSession, org: Org | None = None) -> list[ApiKey]:
+    query = select(ApiKeyRow, OrgRow.name).join(OrgRow, OrgRow.id == ApiKeyRow.org_id)
+    if org is not None:
+        query = query.where(ApiKeyRow.org_id == org.id)
+    rows = await session.execute(query.order_by(ApiKeyRow.created, ApiKeyRow.id))
+    return [_key(row, name) for row, name in rows]
+
+
+async def active_key_hashes(session: AsyncSession, kind: KeyKind) -> dict[str, str]:
+    """key hash -> org name for every unrevoked key of one kind (the gateway's key cache)."""
+    rows = await session.execute(
+        select(ApiKeyRow.key_hash, OrgRow.name)
+        .join(OrgRow, OrgRow.id == ApiKeyRow.org_id)
+        .where(ApiKeyRow.kind == kind.value, ApiKeyRow.revoked.is_(None))
+    )
+    return {key_hash: name for key_hash, name in rows}
+
+
+async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey:
+    row = await session.get(ApiKeyRow, key_id)
+    if row is None:
+        raise NotFound(
+            f"key {key_id!r} does not exist; list keys with `turnout admin key list --org ORG`",
+            param="key_id",
+        )
+    if row.revoked is None:
+        row.revoked = now()
+    org = await session.get(OrgRow, row.org_id)
+    return _key(row, org.name if org else "")
+
+
+async def seed_architectures(session: AsyncSession, records: Iterable[ArchitectureRecord]) -> None:
+    """Make the stored catalog equal the built-in one (insert or update, never delete)."""
+    for rec in records:
+        row = await session.get(ArchitectureRow, rec.arch_id)
+        if row is None:
+            row = ArchitectureRow(arch_id=rec.arch_id)
+            session.add(row)
+        row.description = rec.description
+        row.config = dict(rec.config)
+        row.serving = dict(rec.serving)
+    await session.flush()
+
+
+def _arch(row: ArchitectureRow) -> ArchitectureRecord:
+    return ArchitectureRecord(row.arch_id, row.description, dict(row.config), dict(row.serving))
+
+
+async def list_architectures(session: AsyncSession) -> list[ArchitectureRecord]:
+    rows = await session.scalars(select(ArchitectureRow).order_by(ArchitectureRow.arch_id))
+    return [_arch(r) for r in rows]
+
+
+async def get_architecture(session: AsyncSession, arch_id: str) -> ArchitectureRecord:
+    row = await session.get(ArchitectureRow, arch_id)
+    if row is None:
+        raise NotFound(
+            f"architecture {arch_id!r} does not exist; list them with "
+            "`turnout admin arch list` or GET /management/v1/orgs/{org}/models",
+            param="model_arch_id",
+        )
+    return _arch(row)
+
+
+async def grant(session: AsyncSession, org: Org, arch_id: str) -> None:
+    await get_architecture(session, arch_id)
+    if await session.get(ArchGrantRow, (org.id, arch_id)) is None:
+        session.add(ArchGrantRow(org_id=org.id, arch_id=arch_id))
+        await session.flush()
+
+
+async def revoke_grant(session: AsyncSession, org: Org, arch_id: str) -> None:
+    await session.execute(
+        delete(ArchGrantRow).where(ArchGrantRow.org_id == org.id, ArchGrantRow.arch_id == arch_id)
+    )
+
+
+async def granted_architectures(session: AsyncSession, org: Org) -> list[str]:
+    rows = await session.scalars(
+        select(ArchGrantRow.arch_id).where(ArchGrantRow.org_id == org.id).order_by("arch_id")
+    )
+    return list(rows)
+
+
+async def is_granted(session: AsyncSession, org: Org, arch_id: str) -> bool:
+    return await session.get(ArchGrantRow, (org.id, arch_id)) is not None
+
