@@ -1,0 +1,140 @@
+"""``create_gateway_app``: the ``/v1`` inference surface as one ASGI app.
+
+The two proxied POST paths are served by :class:`~turnout.gateway.proxy.Proxy` in a pure ASGI
+middleware, before FastAPI's routing, request and response objects (measured in
+``bench/gateway.py``). ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /metrics`` and error
+rendering are ordinary FastAPI routes.
+
+Serving it with the management API on one port: pass that app as ``fallback``; it is mounted
+under the gateway's routes and its lifespan runs inside the gateway's. (Mounting the gateway
+inside another app would skip the gateway's lifespan, and with it the upstream session.)
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the route annotations, and
+# the `Org` dependency alias is local to `_add_routes`.
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from turnout.errors import NotFound, TurnoutError, Unauthenticated
+from turnout.gateway.keys import InferenceKeys
+from turnout.gateway.metrics import GatewayMetrics
+from turnout.gateway.proxy import PROXIED_PATHS, Proxy, ProxyConfig
+from turnout.gateway.routing import EndpointRoute, Router
+from turnout.gateway.schemas import ModelCard, ModelList
+
+
+class _ProxyPaths:
+    """Pure ASGI middleware: the proxied POST paths go straight to the proxy."""
+
+    def __init__(self, app: ASGIApp, proxy: Proxy) -> None:
+        self.app = app
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in PROXIED_PATHS:
+            await self.proxy.handle(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_gateway_app(
+    router: Router,
+    keys: InferenceKeys,
+    *,
+    connect_timeout: float = 5.0,
+    request_timeout: float = 600.0,
+    drain_timeout: float = 30.0,
+    fallback: ASGIApp | None = None,
+) -> FastAPI:
+    """Build the gateway app; it opens its upstream session in its lifespan.
+
+    ``request_timeout`` bounds the wait for each next byte from a replica (headers, body,
+    stream chunk), not a whole stream. ``drain_timeout`` bounds how long shutdown waits for
+    in-flight requests.
+    """
+    config = ProxyConfig(
+        connect_timeout=connect_timeout,
+        request_timeout=request_timeout,
+        drain_timeout=drain_timeout,
+    )
+    metrics = GatewayMetrics()
+    proxy = Proxy(router, keys, metrics, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await proxy.start()
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(proxy.stop)
+            if isinstance(fallback, Starlette):
+                await stack.enter_async_context(fallback.router.lifespan_context(fallback))
+            yield
+
+    app = FastAPI(
+        title="Turnout gateway",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(_ProxyPaths, proxy=proxy)
+    app.add_exception_handler(TurnoutError, _render_error)
+    _add_routes(app, router, keys, metrics)
+    if fallback is not None:
+        app.mount("/", fallback)
+    return app
+
+
+async def _render_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TurnoutError)  # registered for TurnoutError only
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _add_routes(app: FastAPI, router: Router, keys: InferenceKeys, metrics: GatewayMetrics) -> None:
+    # Endpoints carry no creation time in the routing table; report when this gateway started.
+    created = int(time.time())
+
+    def caller_org(request: Request) -> str:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated(
+                "No inference key: send it as `Authorization: Bearer <key>`.",
+                code="missing_api_key",
+            )
+        org = keys.org_for_key(token.strip())
+        if org is None:
+            raise Unauthenticated("The inference key is not valid; check the key you sent.")
+        return org
+
+    Org = Annotated[str, Depends(caller_org)]
+
+    def card(route: EndpointRoute) -> ModelCard:
+        return ModelCard(id=route.endpoint_id, created=created, owned_by=route.org_name)
+
+    @app.get("/v1/models")
+    async def list_models(org: Org) -> ModelList:
+        routes = router.current().endpoints.values()
+        return ModelList(data=[card(r) for r in routes if r.org_name == org])
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, org: Org) -> ModelCard:
+        route = router.current().endpoints.get(model_id)
+        if route is None or route.org_name != org:
+            raise NotFound(
+                f"Model {model_id} does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        return card(route)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

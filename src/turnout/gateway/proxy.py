@@ -1,0 +1,395 @@
+"""The hot path: ``POST /v1/chat/completions`` and ``POST /v1/completions`` as raw ASGI.
+
+Per request: authenticate (in-memory key table) → read the body and parse only ``model`` and
+``stream`` → resolve the endpoint in the current routing table → take the least loaded replica
+→ forward the client's original bytes over a pooled aiohttp session → stream or send back the
+answer with ``model``/``system_fingerprint`` rewritten. Starlette's request/response objects are
+skipped here on purpose: they cost more than the rest of the proxy's own work.
+
+Errors the gateway raises itself are :mod:`turnout.errors` classes rendered in the flat body;
+a replica's own 4xx/5xx is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from turnout.errors import (
+    BadRequest,
+    EndpointNotReady,
+    NotFound,
+    PayloadTooLarge,
+    TurnoutError,
+    Unauthenticated,
+    ValidationFailed,
+)
+from turnout.gateway.keys import InferenceKeys
+from turnout.gateway.metrics import EndpointSeries, GatewayMetrics
+from turnout.gateway.rewrite import SSERewriter, Usage, rewrite_json
+from turnout.gateway.routing import EndpointRoute, ReplicaRoute, Router
+from turnout.gateway.streaming import Exchange, relay
+
+logger = logging.getLogger(__name__)
+
+PROXIED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+# Failures where the replica cannot have produced anything for the client yet, so the request
+# may go to another replica. A read timeout is not one: the replica may be mid-generation.
+_CONNECT_ERRORS = (
+    aiohttp.ClientOSError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ConnectionTimeoutError,
+)
+
+
+class UpstreamTimeout(TurnoutError):
+    # TODO(#5): move to turnout.errors (504) when that module is next opened.
+    status = 504
+    type = "api_error"
+    default_code = "upstream_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    connect_timeout: float = 5.0
+    #: longest wait for the replica's next byte (headers, body or stream chunk)
+    request_timeout: float = 600.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    #: on shutdown, how long in-flight requests (streams included) may still run
+    drain_timeout: float = 30.0
+
+
+class Proxy:
+    """Owns the upstream session and serves the two proxied paths of one gateway app."""
+
+    def __init__(
+        self, router: Router, keys: InferenceKeys, metrics: GatewayMetrics, config: ProxyConfig
+    ) -> None:
+        self.router = router
+        self.keys = keys
+        self.metrics = metrics
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0,  # no pool cap: the replicas' own queues do the admission control
+            keepalive_timeout=60.0,
+            ttl_dns_cache=None,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=self.config.connect_timeout,
+            sock_read=self.config.request_timeout,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            # No Accept-Encoding: replicas answer uncompressed, so bodies can be rewritten
+            # and streamed without a decompression step.
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def stop(self) -> None:
+        """Named shutdown steps (STYLE 13); uvicorn has already stopped accepting."""
+        waiting = self._active
+        logger.info("gateway shutdown: waiting for %d in-flight requests", waiting)
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.config.drain_timeout)
+        except TimeoutError:
+            logger.warning(
+                "gateway shutdown: %d requests still running after %.1fs; cancelling them",
+                self._active,
+                self.config.drain_timeout,
+            )
+        left = self._active
+        if self._session is not None:
+            # Closing the session fails the remaining upstream reads, which ends them.
+            await self._session.close()
+            self._session = None
+        logger.info("gateway shutdown: %d finished, %d cut", waiting - left, left)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id, token = _read_headers(scope)
+        endpoint_label = ""
+        try:
+            org = self._authenticate(token)
+            body = await _read_body(receive, self.config.max_body_bytes)
+            if body is None:
+                return  # the client left before sending its body
+            model, stream = _parse_request(body)
+            route = self._resolve(org, model)
+            endpoint_label = route.endpoint_id
+            replicas = self._replicas_of(route)
+        except TurnoutError as exc:
+            self.metrics.error(endpoint_label, exc.code)
+            await send_error(send, exc, request_id)
+            return
+        exchange = Exchange(
+            route=route,
+            path=scope["path"],
+            body=body,
+            stream=stream,
+            request_id=request_id,
+            started=started,
+        )
+        await self._forward(exchange, replicas, receive, send)
+
+    def _authenticate(self, token: str | None) -> str:
+        if not token:
+            raise Unauthenticated(
+                "No inference key: send it as `Authorization: Bearer <key>`.",
+                code="missing_api_key",
+            )
+        org = self.keys.org_for_key(token)
+        if org is None:
+            raise Unauthenticated("The inference key is not valid; check the key you sent.")
+        return org
+
+    def _resolve(self, org: str, model: str) -> EndpointRoute:
+        route = self.router.current().endpoints.get(model)
+        # Another org's endpoint gets the same answer as an unknown one, so ids do not leak.
+        if route is None or route.org_name != org:
+            raise NotFound(
+                f"Model {model} does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        return route
+
+    @staticmethod
+    def _replicas_of(route: EndpointRoute) -> tuple[ReplicaRoute, ...]:
+        if route.replicas:
+            return route.replicas
+        why = (
+            "has no serving deployment yet"
+            if route.deployment_id is None
+            else "has no ready replica (its replicas are starting)"
+        )
+        raise EndpointNotReady(
+            f"Endpoint {route.endpoint_id} {why}. Retry shortly, or check "
+            f"GET /management/v1/endpoints/{route.endpoint_id}.",
+            param="model",
+        )
+
+    async def _forward(
+        self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...], receive: Receive, send: Send
+    ) -> None:
+        series = self.metrics.series(exchange.route.endpoint_id, exchange.route.version_id)
+        series.in_flight.inc()
+        self._active += 1
+        self._idle.clear()
+        status = 499  # nginx's "client closed request" unless the exchange says otherwise
+        try:
+            status = await relay(self._exchange(exchange, replicas, series, send), receive)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+            series.in_flight.dec()
+            series.finished(status)
+            series.latency.observe(time.perf_counter() - exchange.started)
+            if status >= 400:
+                self.metrics.error(exchange.route.endpoint_id, _error_code(status))
+
+    async def _exchange(
+        self,
+        exchange: Exchange,
+        replicas: tuple[ReplicaRoute, ...],
+        series: EndpointSeries,
+        send: Send,
+    ) -> int:
+        """Talk to one replica (two on a connect failure); return the status sent."""
+        try:
+            replica, response = await self._open(exchange, replicas)
+        except TurnoutError as exc:
+            await send_error(send, exc, exchange.request_id)
+            return exc.status
+        done = False
+        try:
+            ctype = response.headers.get("Content-Type", "application/json")
+            if response.status == 200 and ctype.startswith("text/event-stream"):
+                await self._send_stream(exchange, response, ctype, series, send)
+            else:
+                await self._send_whole(exchange, response, ctype, series, send)
+            done = True
+            return response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The answer started but broke off: nothing sane can be sent any more.
+            logger.warning(
+                "request %s: replica %s failed mid-response: %r", exchange.request_id, replica, exc
+            )
+            return 502
+        finally:
+            self.router.release(replica)
+            if done:
+                response.release()
+            else:
+                # Closing the connection is how the replica learns the client is gone.
+                response.close()
+
+    async def _open(
+        self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...]
+    ) -> tuple[ReplicaRoute, aiohttp.ClientResponse]:
+        failed: ReplicaRoute | None = None
+        for attempt in (1, 2):
+            replica = self.router.acquire(replicas, exclude=failed)
+            try:
+                return replica, await self._post(replica, exchange)
+            except _CONNECT_ERRORS as exc:
+                self.router.release(replica)
+                logger.warning(
+                    "request %s: replica %s unreachable (attempt %d): %r",
+                    exchange.request_id,
+                    replica,
+                    attempt,
+                    exc,
+                )
+                failed = replica
+                error: Exception = exc
+            except TimeoutError as exc:
+                self.router.release(replica)
+                raise UpstreamTimeout(
+                    f"Endpoint {exchange.route.endpoint_id}'s replica did not answer within "
+                    f"{self.config.request_timeout:g}s; retry the request.",
+                ) from exc
+            except BaseException:
+                self.router.release(replica)
+                raise
+        raise EndpointNotReady(
+            f"Endpoint {exchange.route.endpoint_id}'s replicas could not be reached; "
+            "retry shortly.",
+            code="replica_unreachable",
+        ) from error
+
+    async def _post(self, replica: ReplicaRoute, exchange: Exchange) -> aiohttp.ClientResponse:
+        if self._session is None:
+            raise EndpointNotReady("The gateway is shutting down; retry on another gateway.")
+        return await self._session.post(
+            replica.address + exchange.path,
+            data=exchange.body,
+            headers={"Content-Type": "application/json", "X-Request-Id": exchange.request_id},
+        )
+
+    async def _send_whole(
+        self,
+        exchange: Exchange,
+        response: aiohttp.ClientResponse,
+        ctype: str,
+        series: EndpointSeries,
+        send: Send,
+    ) -> None:
+        body = await response.read()
+        if response.status == 200 and ctype.startswith("application/json"):
+            route = exchange.route
+            body, usage = rewrite_json(body, route.endpoint_id, route.fingerprint)
+            _count_tokens(series, usage)
+        headers = exchange.headers(ctype)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _send_stream(
+        self,
+        exchange: Exchange,
+        response: aiohttp.ClientResponse,
+        ctype: str,
+        series: EndpointSeries,
+        send: Send,
+    ) -> None:
+        headers = exchange.headers(ctype)
+        headers.append((b"cache-control", b"no-cache"))
+        headers.append((b"x-accel-buffering", b"no"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        rewriter = SSERewriter(exchange.route.endpoint_id, exchange.route.fingerprint)
+        first = True
+        async for chunk in response.content.iter_any():
+            out = rewriter.feed(chunk)
+            if not out:
+                continue
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+            if first:
+                series.ttft.observe(time.perf_counter() - exchange.started)
+                first = False
+        await send({"type": "http.response.body", "body": rewriter.flush()})
+        _count_tokens(series, rewriter.usage)
+
+
+def _count_tokens(series: EndpointSeries, usage: Usage | None) -> None:
+    if usage is not None:
+        series.prompt_tokens.inc(usage.prompt_tokens)
+        series.completion_tokens.inc(usage.completion_tokens)
+
+
+def _error_code(status: int) -> str:
+    return "client_closed" if status == 499 else f"upstream_{status}"
+
+
+def _read_headers(scope: Scope) -> tuple[str, str | None]:
+    request_id: str | None = None
+    token: str | None = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, credential = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                token = credential.strip()
+        elif name == b"x-request-id" and 0 < len(value) <= 128:
+            request_id = value.decode("latin-1")
+    return request_id or uuid.uuid4().hex, token
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    parts = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is over {limit} bytes; send a shorter one.")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _parse_request(body: bytes) -> tuple[str, bool]:
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}.") from exc
+    if not isinstance(payload, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValidationFailed(
+            "Field `model` is required: set it to the endpoint id.", param="model"
+        )
+    return model, payload.get("stream") is True
+
+
+async def send_error(send: Send, exc: TurnoutError, request_id: str) -> None:
+    body = json.dumps(exc.body()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,136 @@
+"""The routing table the rollout worker publishes, and the router that picks replicas from it.
+
+The gateway never asks the store on the request path: the worker builds a complete
+:class:`RoutingTable` and hands it to :meth:`Router.swap`, which replaces the table in one
+reference assignment (DESIGN §3 step 3, "switch"). A request keeps the replica it was given,
+so requests running on old replicas finish there while new ones go to the new table.
+
+The router also counts in-flight proxied requests per replica (streams included). It picks
+the replica with the fewest (ties go round robin) and lets the controller wait for old replicas
+to drain (DESIGN §3 step 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRoute:
+    replica_id: str
+    address: str  #: base URL, e.g. "http://127.0.0.1:8101"
+
+    def __str__(self) -> str:
+        return f"{self.replica_id}@{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRoute:
+    endpoint_id: str
+    org_name: str
+    deployment_id: str | None  #: None while nothing serves yet
+    version_id: int | None
+    #: "fp_" + first 10 hex of the version digest [+ "_" + suffix]; computed by the controller.
+    fingerprint: str | None
+    replicas: tuple[ReplicaRoute, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.endpoint_id} (org {self.org_name}, version {self.version_id})"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    endpoints: Mapping[str, EndpointRoute] = field(default_factory=lambda: MappingProxyType({}))
+    generation: int = 0
+
+    def __str__(self) -> str:
+        return f"routing table generation {self.generation} ({len(self.endpoints)} endpoints)"
+
+
+class Router:
+    """Owns the current routing table and the per-replica outstanding-request counters.
+
+    Not thread-safe: every method runs on the gateway's event loop (the rollout worker of the
+    same process calls ``swap`` there; a worker in another process notifies a task that does).
+    """
+
+    def __init__(self, table: RoutingTable | None = None) -> None:
+        self._table = table or RoutingTable()
+        # Only replicas with at least one request in flight have an entry, so replicas that
+        # left the table do not accumulate.
+        self._outstanding: dict[str, int] = {}
+        self._next = 0
+        self._drain_waiters: set[asyncio.Event] = set()
+
+    def swap(self, table: RoutingTable) -> None:
+        self._table = table
+
+    def current(self) -> RoutingTable:
+        return self._table
+
+    def outstanding(self, replica_id: str) -> int:
+        return self._outstanding.get(replica_id, 0)
+
+    def acquire(
+        self, replicas: tuple[ReplicaRoute, ...], exclude: ReplicaRoute | None = None
+    ) -> ReplicaRoute:
+        """Pick the replica with the fewest requests in flight and count one more on it.
+
+        ``exclude`` is the replica that just failed to connect; it is skipped unless it is
+        the only one. The caller must :meth:`release` the returned replica exactly once.
+        """
+        count = len(replicas)
+        if count == 0:
+            raise ValueError("acquire() needs at least one replica")
+        counts = self._outstanding
+        start = self._next
+        self._next = start + 1
+        best: ReplicaRoute | None = None
+        best_load = -1
+        # Start the scan at a rotating offset so ties are broken round robin.
+        for i in range(count):
+            replica = replicas[(start + i) % count]
+            if replica is exclude and count > 1:
+                continue
+            load = counts.get(replica.replica_id, 0)
+            if best is None or load < best_load:
+                best, best_load = replica, load
+                if load == 0:
+                    break
+        assert best is not None  # at least one replica was considered
+        counts[best.replica_id] = best_load + 1
+        return best
+
+    def release(self, replica: ReplicaRoute) -> None:
+        rid = replica.replica_id
+        left = self._outstanding.get(rid, 0) - 1
+        if left > 0:
+            self._outstanding[rid] = left
+            return
+        self._outstanding.pop(rid, None)
+        for event in self._drain_waiters:
+            event.set()
+
+    async def wait_drained(self, replica_ids: Collection[str], timeout: float) -> bool:
+        """Wait until none of ``replica_ids`` has a request in flight; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        event = asyncio.Event()
+        self._drain_waiters.add(event)
+        try:
+            # Woken each time some replica reaches zero; re-check the ones we care about.
+            while any(rid in self._outstanding for rid in replica_ids):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                event.clear()
+                try:
+                    await asyncio.wait_for(event.wait(), remaining)
+                except TimeoutError:
+                    return not any(rid in self._outstanding for rid in replica_ids)
+            return True
+        finally:
+            self._drain_waiters.discard(event)
