@@ -6,12 +6,10 @@ Built only by the CLI (never at import) and passed down as one object.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
-
-from pydantic import field_validator
 
 
 def _split_list(value: object) -> object:
@@ -38,6 +36,12 @@ class Settings(BaseSettings):
     #: Largest request body the management API accepts.
     max_body_bytes: int = 1 << 20
     max_weight_bytes: int = 200 * 2**30
+    #: Seconds a new replica may take to load and answer its readiness check.
+    ready_timeout: float = 600.0
+    #: Seconds old replicas get to finish in-flight requests (streams too) after a switch.
+    drain_timeout: float = 60.0
+    #: Device for built-in engine replicas: cpu or cuda.
+    device: str = "cpu"
 
     @field_validator("allowed_local_roots", "allowed_hosts", mode="before")
     @classmethod

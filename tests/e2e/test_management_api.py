@@ -79,6 +79,16 @@ def wait_synced(api: httpx.Client, name: str, timeout: float = 60) -> dict[str, 
     raise AssertionError(f"{name} did not finish syncing")
 
 
+def wait_deployed(api: httpx.Client, deployment_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = api.get(f"{V1}/deployments/{deployment_id}").json()
+        if body["done"]:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"deployment {deployment_id} did not finish")
+
+
 def assert_error(resp: httpx.Response, status: int, *words: str) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     body: dict[str, Any] = resp.json()
@@ -141,8 +151,15 @@ def test_walkthrough_upload_alias_deploy_status(api: httpx.Client, v1: dict[str,
     assert shown["model"] == "orgs/my-org/models/tiny-llama/versions/1"
     assert shown["version_alias"] == "production" and shown["state"] == "not_started"
 
-    again = api.get(f"{V1}/deployments/{op['name']}").json()
-    assert again["response"]["rollout_status"] == "not_started" and again["response"]["events"]
+    # The rollout worker runs it for real: a built-in engine replica on the tiny model.
+    done = wait_deployed(api, op["name"])
+    assert done["response"]["rollout_status"] == "complete", done
+    steps = [e["step"] for e in done["response"]["events"]]
+    assert steps[0] == "submitted" and steps[-1] == "done" and "switched" in steps
+    status = api.get(f"{V1}/endpoints/my-org-tiny").json()
+    (serving,) = status["deployed_models"]
+    assert serving["id"] == op["name"] and serving["state"] == "complete" and serving["serving"]
+    assert serving["replicas"] == {"ready": 1, "total": 1}
     history = api.get(f"{V1}/endpoints/my-org-tiny/deployments").json()["deployments"]
     assert history[0]["name"] == op["name"]
 
@@ -150,11 +167,10 @@ def test_walkthrough_upload_alias_deploy_status(api: httpx.Client, v1: dict[str,
     assert {e["endpoint_id"] for e in endpoints} == {"my-org-tiny", "my-org-smol"}
     assert set(endpoints[0]) == {"endpoint_id", "model_arch_id", "created", "updated", "org_name"}
 
-    # Deleting a version that a deployment uses is refused, and the version stays.
+    # Deleting the serving version is refused, and the version stays.
     assert_error(api.delete(f"{V1}/orgs/my-org/models/tiny-llama/versions/1"), 409, "my-org-tiny")
-    cancelled = api.post(f"{V1}/endpoints/my-org-tiny/deployments/{op['name']}:cancel").json()
-    assert cancelled["done"] is True and cancelled["response"]["rollout_status"] == "cancelled"
-    assert_error(api.post(f"{V1}/endpoints/my-org-tiny/deployments/{op['name']}:cancel"), 409, "cancelled")
+    assert api.get(f"{V1}/orgs/my-org/models/tiny-llama/versions/1").status_code == 200
+    assert_error(api.post(f"{V1}/endpoints/my-org-tiny/deployments/{op['name']}:cancel"), 409, "complete")
     assert_error(api.post(f"{V1}/endpoints/my-org-tiny:rollback"), 409, "roll back")
 
 
@@ -263,6 +279,8 @@ def test_idempotency_key_returns_the_original_operation(env: dict[str, Any], v1:
         d1 = api.post(f"{V1}/endpoints/my-org-tiny:deployModel", json=deploy, headers={"Idempotency-Key": "d"}).json()
         d2 = api.post(f"{V1}/endpoints/my-org-tiny:deployModel", json=deploy, headers={"Idempotency-Key": "d"}).json()
         assert d1["name"] == d2["name"]
+        assert len(api.get(f"{V1}/endpoints/my-org-tiny/deployments").json()["deployments"]) == 2
+        wait_deployed(api, d1["name"])
 
 
 def test_openapi_and_health(env: dict[str, Any]) -> None:

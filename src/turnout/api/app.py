@@ -17,9 +17,14 @@ from turnout.api.routes import admin, management
 from turnout.api.services.admin import AdminService
 from turnout.api.services.endpoints import EndpointsService
 from turnout.api.services.models import ModelsService
+from turnout.gateway.app import create_gateway_app
+from turnout.gateway.keys import StaticInferenceKeys
+from turnout.gateway.routing import Router
 from turnout.loop import run_control_loop
+from turnout.placement.local import LocalPlacement, LocalPlacementConfig
 from turnout.registry.sync import SyncConfig, check_source_uri
 from turnout.registry.worker import SyncWorker
+from turnout.rollout.controller import RolloutConfig, RolloutController
 from turnout.settings import Settings
 from turnout.store.db import Database
 
@@ -44,6 +49,10 @@ class Runtime:
     db: Database
     sync: SyncWorker
     services: Services
+    placement: LocalPlacement
+    rollout: RolloutController
+    router: Router
+    keys: StaticInferenceKeys
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -52,11 +61,10 @@ class Runtime:
         await self.services.admin.seed()
         if workers:
             await self.sync.recover()
-            self.tasks.append(
-                asyncio.create_task(
-                    run_control_loop("sync", self.sync.reconcile, self.sync.wakeup, self.stopping)
-                )
-            )
+            await self.rollout.recover(await self.placement.recover())
+            for name, worker in (("sync", self.sync), ("rollout", self.rollout)):
+                loop = run_control_loop(name, worker.reconcile, worker.wakeup, self.stopping)
+                self.tasks.append(asyncio.create_task(loop, name=f"{name} loop"))
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -65,6 +73,8 @@ class Runtime:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.rollout.close()
+        await self.placement.close()
         await self.sync.close()
         await self.db.dispose()
 
@@ -73,18 +83,41 @@ def build_runtime(settings: Settings) -> Runtime:
     db = Database(settings.resolved_database_url())
     config = sync_config(settings)
     sync = SyncWorker(db, config)
+    router = Router()
+    keys = StaticInferenceKeys()
+    placement = LocalPlacement(LocalPlacementConfig(run_dir=settings.data_dir.resolve() / "run"))
+    rollout = RolloutController(
+        db,
+        placement,
+        router,
+        keys,
+        RolloutConfig(
+            ready_timeout=settings.ready_timeout,
+            drain_timeout=settings.drain_timeout,
+            device=settings.device,
+        ),
+    )
     services = Services(
         db=db,
         models=ModelsService(db, lambda uri: check_source_uri(uri, config), sync.notify),
-        endpoints=EndpointsService(db, lambda: None),
+        endpoints=EndpointsService(db, rollout.notify),
         admin=AdminService(db),
         admin_token=settings.admin_token,
     )
-    return Runtime(settings=settings, db=db, sync=sync, services=services)
+    return Runtime(settings, db, sync, services, placement, rollout, router, keys)
 
 
 def create_app(settings: Settings, *, workers: bool = True) -> FastAPI:
+    """The whole server on one port: the gateway's /v1 routes in front of the management app."""
     runtime = build_runtime(settings)
+    management = create_management_app(runtime, workers=workers)
+    app = create_gateway_app(runtime.router, runtime.keys, fallback=management)
+    app.state.runtime = runtime
+    return app
+
+
+def create_management_app(runtime: Runtime, *, workers: bool) -> FastAPI:
+    settings = runtime.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

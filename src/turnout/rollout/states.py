@@ -57,3 +57,18 @@ def advance(state: DeploymentState, event: Event) -> DeploymentState:
 
 def is_done(state: DeploymentState) -> bool:
     return state in TERMINAL
+
+
+class Step(StrEnum):
+    """The numbered steps of a rollout (DESIGN §3), stored as the deployment's ``step``."""
+
+    SUBMITTED = "submitted"
+    STARTING = "starting"
+    WARMING = "warming"
+    SWITCHED = "switched"
+    DRAINING = "draining"
+    DONE = "done"
+
+
+#: Steps after which traffic already goes to the new deployment.
+SWITCHED_STEPS: Final = (Step.SWITCHED.value, Step.DRAINING.value, Step.DONE.value)

@@ -102,7 +102,12 @@ async def set_serving(session: AsyncSession, endpoint_id: str, deployment_id: st
     )
 
 
-_DEPLOYMENT_COLUMNS = (DeploymentRow, OrgRow.name, ModelVersionRow.arch_id, ModelVersionRow.version_number)
+_DEPLOYMENT_COLUMNS = (
+    DeploymentRow,
+    OrgRow.name,
+    ModelVersionRow.arch_id,
+    ModelVersionRow.version_number,
+)
 
 
 def _deployments_query():  # type: ignore[no-untyped-def]  # a Select of 4 columns
@@ -194,7 +199,9 @@ async def list_deployments(
     return [_deployment(*row) for row in rows]
 
 
-async def version_in_use(session: AsyncSession, version_pk: int, active_states: Sequence[str]) -> str | None:
+async def version_in_use(
+    session: AsyncSession, version_pk: int, active_states: Sequence[str]
+) -> str | None:
     """The endpoint that serves this version or has it in a queued/running deployment."""
     serving = await session.scalar(
         select(EndpointRow.endpoint_id)
@@ -228,11 +235,15 @@ async def update_deployment(
     ):
         if value is not None:
             values[name] = value
-    await session.execute(update(DeploymentRow).where(DeploymentRow.id == deployment_id).values(**values))
+    await session.execute(
+        update(DeploymentRow).where(DeploymentRow.id == deployment_id).values(**values)
+    )
 
 
 async def add_event(session: AsyncSession, deployment_id: str, step: str, message: str) -> None:
-    session.add(DeploymentEventRow(deployment_id=deployment_id, at=time.time(), step=step, message=message))
+    session.add(
+        DeploymentEventRow(deployment_id=deployment_id, at=time.time(), step=step, message=message)
+    )
     await session.flush()
 
 
@@ -273,7 +284,9 @@ async def upsert_replica(
     row = await session.get(ReplicaRow, replica_id)
     ts = now()
     if row is None:
-        row = ReplicaRow(id=replica_id, endpoint_id=endpoint_id, deployment_id=deployment_id, created=ts)
+        row = ReplicaRow(
+            id=replica_id, endpoint_id=endpoint_id, deployment_id=deployment_id, created=ts
+        )
         session.add(row)
     row.state = state
     row.updated = ts
@@ -299,3 +312,35 @@ async def list_replicas(
 
 async def forget_replica(session: AsyncSession, replica_id: str) -> None:
     await session.execute(delete(ReplicaRow).where(ReplicaRow.id == replica_id))
+
+
+async def compare_and_set_state(
+    session: AsyncSession,
+    deployment_id: str,
+    *,
+    from_states: Sequence[str],
+    to_state: str,
+    before_steps: Sequence[str] = (),
+    step: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """Move a deployment only if it is still in one of ``from_states`` (and, when given, has not
+    reached any of ``before_steps``). Atomic, so a cancel and the switch cannot both win."""
+    query = update(DeploymentRow).where(
+        DeploymentRow.id == deployment_id, DeploymentRow.state.in_(list(from_states))
+    )
+    if before_steps:
+        query = query.where(
+            (DeploymentRow.step.is_(None)) | (DeploymentRow.step.not_in(list(before_steps)))
+        )
+    values: dict[str, object] = {"state": to_state, "updated": now()}
+    for name, value in (
+        ("step", step),
+        ("error_code", error_code),
+        ("error_message", error_message),
+    ):
+        if value is not None:
+            values[name] = value
+    result = await session.execute(query.values(**values))
+    return bool(result.rowcount)  # type: ignore[attr-defined]

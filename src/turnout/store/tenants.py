@@ -173,4 +173,3 @@ async def granted_architectures(session: AsyncSession, org: Org) -> list[str]:
 
 async def is_granted(session: AsyncSession, org: Org, arch_id: str) -> bool:
     return await session.get(ArchGrantRow, (org.id, arch_id)) is not None
-

@@ -163,7 +163,11 @@ async def set_aliases(
     for position, alias in enumerate(aliases):
         session.add(
             VersionAliasRow(
-                org_id=org.id, arch_id=arch_id, alias=alias, version_id=version_pk, position=position
+                org_id=org.id,
+                arch_id=arch_id,
+                alias=alias,
+                version_id=version_pk,
+                position=position,
             )
         )
     await session.execute(

@@ -24,7 +24,9 @@ async def list_architectures(org_name: str, s: ServicesDep, caller: Caller) -> A
 
 
 @router.get(
-    "/orgs/{org_name}/models/{model_arch_id}/versions", summary="List model versions", **EXCLUDE_NONE
+    "/orgs/{org_name}/models/{model_arch_id}/versions",
+    summary="List model versions",
+    **EXCLUDE_NONE,
 )
 async def list_versions(
     org_name: str, model_arch_id: str, s: ServicesDep, caller: Caller
@@ -79,7 +81,9 @@ async def endpoint_status(endpoint_id: str, s: ServicesDep, caller: Caller) -> e
     return await s.endpoints.status(caller, endpoint_id)
 
 
-@router.post("/endpoints/{endpoint_id}:deployModel", summary="Deploy model to endpoint", **EXCLUDE_NONE)
+@router.post(
+    "/endpoints/{endpoint_id}:deployModel", summary="Deploy model to endpoint", **EXCLUDE_NONE
+)
 async def deploy_model(
     endpoint_id: str,
     body: dwire.DeployRequest,
@@ -117,6 +121,8 @@ async def cancel_deployment(
     return await s.endpoints.cancel(caller, endpoint_id, deployment_id)
 
 
-@router.post("/endpoints/{endpoint_id}:rollback", summary="Roll back to the previous version", **EXCLUDE_NONE)
+@router.post(
+    "/endpoints/{endpoint_id}:rollback", summary="Roll back to the previous version", **EXCLUDE_NONE
+)
 async def rollback(endpoint_id: str, s: ServicesDep, caller: Caller) -> dwire.DeploymentOperation:
     return await s.endpoints.rollback(caller, endpoint_id)

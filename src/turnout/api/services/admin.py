@@ -81,10 +81,20 @@ class AdminService:
         async with self.db.session() as s:
             org = await tenants.get_org(s, org_name)
             key = await tenants.add_key(
-                s, org, key_id=new_key_id(), kind=key_kind, key_hash=hash_key(token), prefix=token[:8]
+                s,
+                org,
+                key_id=new_key_id(),
+                kind=key_kind,
+                key_hash=hash_key(token),
+                prefix=token[:8],
             )
         return wire.KeyOut(
-            id=key.id, org=org.name, kind=key.kind, prefix=key.prefix, created=key.created, key=token
+            id=key.id,
+            org=org.name,
+            kind=key.kind,
+            prefix=key.prefix,
+            created=key.created,
+            key=token,
         )
 
     async def list_keys(self, org_name: str | None) -> wire.KeyList:
@@ -109,7 +119,12 @@ class AdminService:
         async with self.db.session() as s:
             k = await tenants.revoke_key(s, key_id)
         return wire.KeyOut(
-            id=k.id, org=k.org_name, kind=k.kind, prefix=k.prefix, created=k.created, revoked=k.revoked
+            id=k.id,
+            org=k.org_name,
+            kind=k.kind,
+            prefix=k.prefix,
+            created=k.created,
+            revoked=k.revoked,
         )
 
     async def list_architectures(self) -> wire.ArchList:

@@ -46,7 +46,9 @@ async def check_org(db: Database, principal: Principal, org_name: str) -> Org:
         return principal.org
     async with db.session() as s:
         if await tenants.find_org(s, org_name) is None:
-            raise NotFound(f"org {org_name!r} does not exist", param="org_name", code="org_not_found")
+            raise NotFound(
+                f"org {org_name!r} does not exist", param="org_name", code="org_not_found"
+            )
     raise PermissionDenied(
         f"this key belongs to org {principal.org.name!r} and cannot act on org {org_name!r}; "
         f"use a management key of {org_name!r}",

@@ -10,12 +10,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from turnout.api.schemas import deployments as dwire
 from turnout.api.schemas import endpoints as ewire
 from turnout.api.schemas.base import OperationError
-from turnout.api.services.auth import Principal
+from turnout.api.services.auth import Principal, check_org
 from turnout.api.services.models import body_hash
 from turnout.errors import BadRequest, Conflict, NotFound, PermissionDenied
 from turnout.ids import VersionRef, new_deployment_id
 from turnout.placement.base import ReplicaState
-from turnout.rollout.states import ACTIVE, DeploymentState, Event, IllegalTransition, advance
+from turnout.rollout.states import (
+    ACTIVE,
+    SWITCHED_STEPS,
+    DeploymentState,
+    Event,
+    IllegalTransition,
+    advance,
+)
 from turnout.store import endpoints as repo
 from turnout.store import versions
 from turnout.store.db import Database
@@ -64,8 +71,6 @@ class EndpointsService:
         return endpoint
 
     async def list_endpoints(self, principal: Principal, org_name: str) -> ewire.EndpointList:
-        from turnout.api.services.auth import check_org
-
         org = await check_org(self.db, principal, org_name)
         async with self.db.session() as s:
             found = await repo.list_endpoints(s, org)
@@ -143,7 +148,12 @@ class EndpointsService:
             deployment = await self._submit(s, principal, endpoint, ref)
             if idem_key:
                 await versions.record_idempotent(
-                    s, principal.org, f"deploy:{endpoint_id}", idem_key, body_hash(model), deployment.id
+                    s,
+                    principal.org,
+                    f"deploy:{endpoint_id}",
+                    idem_key,
+                    body_hash(model),
+                    deployment.id,
                 )
         self.on_queued()
         return deployment_schema(deployment)
@@ -223,13 +233,24 @@ class EndpointsService:
                     code="deployment_done",
                 ) from None
             # The rollout worker sees the stored state before each step and stops its replicas.
-            await repo.update_deployment(
+            # Once traffic has switched, cancelling would cut the new version's requests: the
+            # caller rolls back instead.
+            cancelled = await repo.compare_and_set_state(
                 s,
                 deployment_id,
-                state=new_state.value,
+                from_states=[a.value for a in ACTIVE],
+                to_state=new_state.value,
+                before_steps=SWITCHED_STEPS,
                 error_code="cancelled",
                 error_message="cancelled by request; the previous version keeps serving",
             )
+            if not cancelled:
+                raise Conflict(
+                    f"deployment {deployment_id} already switched traffic to the new version; "
+                    f"roll back with POST /management/v1/endpoints/{endpoint_id}:rollback",
+                    param="deployment_id",
+                    code="deployment_switched",
+                )
             await repo.add_event(s, deployment_id, "cancelled", "cancel requested")
             d = await repo.get_deployment(s, deployment_id)
         self.on_queued()
