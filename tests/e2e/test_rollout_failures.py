@@ -1,0 +1,146 @@
+"""Rollouts that fail, get cancelled, queue up, or lose their server half-way: the previous
+version keeps answering and every deployment ends terminal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TinyModelFactory
+from tests.e2e.rollout_env import Deployed, make_deployed, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModelFactory) -> Iterator[Deployed]:
+    root = tmp_path_factory.mktemp("failures")
+    env = make_deployed(root, tiny_model, {"TURNOUT_DRAIN_TIMEOUT": "120"})
+    broken = root / "weights-in" / "broken-engine"
+    shutil.copytree(tiny_model(seed=1), broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["hidden_act"] = "no-such-activation"  # weights verify; the engine cannot build the model
+    (broken / "config.json").write_text(json.dumps(config))
+    env.upload("broken", broken)
+    try:
+        assert env.wait_done(env.deploy("v1"))["response"]["rollout_status"] == "complete"
+        yield env
+    finally:
+        env.server.stop()
+
+
+def serving_version(env: Deployed) -> int:
+    resp = httpx.post(
+        env.server.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {env.inference_key}"},
+        json={"model": env.endpoint, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    return int(resp.headers["x-turnout-version"])
+
+
+def test_engine_crash_at_start_fails_and_old_version_serves(deployed: Deployed) -> None:
+    before = serving_version(deployed)
+    done = deployed.wait_done(deployed.deploy("broken"))
+    assert done["response"]["rollout_status"] == "failed"
+    assert done["error"]["code"] == "replica_failed"
+    assert "no-such-activation" in done["error"]["message"]
+    assert serving_version(deployed) == before
+    with deployed.api() as api:
+        status = api.get(f"/management/v1/endpoints/{deployed.endpoint}").json()
+    assert [d["state"] for d in status["deployed_models"]] == ["complete"]
+    assert status["deployed_models"][0]["replicas"] == {"ready": 1, "total": 1}
+
+
+def test_cancel_mid_rollout_keeps_old_version(deployed: Deployed) -> None:
+    before = serving_version(deployed)
+    target = "v2" if before == deployed.version_id("v1") else "v1"
+    deployment_id = deployed.deploy(target)
+    wait_until(lambda: deployed.deployment(deployment_id), lambda b: b["response"]["rollout_status"] == "in_progress")
+    with deployed.api() as api:
+        resp = api.post(f"/management/v1/endpoints/{deployed.endpoint}/deployments/{deployment_id}:cancel")
+    assert resp.status_code == 200, resp.text
+    done = deployed.wait_done(deployment_id)
+    assert done["response"]["rollout_status"] == "cancelled" and done["error"]["code"] == "cancelled"
+    assert serving_version(deployed) == before
+    # The cancelled rollout's replicas are gone.
+    with deployed.api() as api:
+        status = api.get(f"/management/v1/endpoints/{deployed.endpoint}").json()
+    assert status["deployed_models"][0]["replicas"] == {"ready": 1, "total": 1}
+
+
+def test_back_to_back_deployments_run_in_order(deployed: Deployed) -> None:
+    first = deployed.deploy("v2")
+    second = deployed.deploy("v1")
+    a, b = deployed.wait_done(first), deployed.wait_done(second)
+    assert a["response"]["rollout_status"] == b["response"]["rollout_status"] == "complete"
+    first_done = max(e["at"] for e in a["response"]["events"])
+    second_started = min(e["at"] for e in b["response"]["events"] if e["step"] == "starting")
+    assert second_started >= first_done
+    assert serving_version(deployed) == deployed.version_id("v1")
+
+
+def test_kill_9_during_drain_then_restart(deployed: Deployed) -> None:
+    assert serving_version(deployed) == deployed.version_id("v1")
+    # A long stream holds the old replica in the drain step.
+    holding = threading.Event()
+
+    def long_stream() -> None:
+        body = {"model": deployed.endpoint, "stream": True, "max_tokens": 400,
+                "messages": [{"role": "user", "content": "Tell me a long story."}]}  # fmt: skip
+        try:
+            with httpx.stream("POST", deployed.server.url + "/v1/chat/completions", json=body, timeout=120,
+                              headers={"Authorization": f"Bearer {deployed.inference_key}"}) as resp:  # fmt: skip
+                for _ in resp.iter_raw():
+                    holding.set()
+        except httpx.HTTPError:
+            pass  # the server is killed under it
+
+    reader = threading.Thread(target=long_stream, daemon=True)
+    reader.start()
+    assert holding.wait(60)
+    deployment_id = deployed.deploy("v2")
+    wait_until(
+        lambda: deployed.deployment(deployment_id), lambda b: b["response"]["step"] == "draining", timeout=120
+    )
+    deployed.server.stop(signal.SIGKILL)
+    reader.join(timeout=30)
+    deployed.server.start()
+    done = deployed.wait_done(deployment_id)
+    assert done["response"]["rollout_status"] == "complete"
+    version = wait_until(lambda: _try_version(deployed), lambda v: v is not None, timeout=120)
+    assert version == deployed.version_id("v2")
+
+
+def _try_version(env: Deployed) -> int | None:
+    try:
+        return serving_version(env)
+    except AssertionError:
+        return None
+
+
+def test_readiness_timeout_fails_the_deployment(tmp_path: Path, tiny_model: TinyModelFactory) -> None:
+    env = make_deployed(tmp_path, tiny_model, {"TURNOUT_READY_TIMEOUT": "0.5"})
+    try:
+        done = env.wait_done(env.deploy("v1"))
+        assert done["response"]["rollout_status"] == "failed"
+        assert done["error"]["code"] == "readiness_timeout"
+        resp = httpx.post(
+            env.server.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {env.inference_key}"},
+            json={"model": env.endpoint, "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert resp.status_code == 503 and resp.json()["code"] == "endpoint_not_ready"
+        with env.api() as api:
+            status = api.get(f"/management/v1/endpoints/{env.endpoint}").json()
+        assert status["deployed_models"] == []
+    finally:
+        env.server.stop()
