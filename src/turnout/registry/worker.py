@@ -82,7 +82,9 @@ class SyncWorker:
                     s, version.id, status=SyncStatus.IN_PROGRESS, bytes_done=done, bytes_total=total
                 )
 
-        request = SyncRequest(job_id=job_id(version), source_uri=version.weight_uri, architecture=arch)
+        request = SyncRequest(
+            job_id=job_id(version), source_uri=version.weight_uri, architecture=arch
+        )
         try:
             result = await sync_weights(request, self.config, progress)
         except SyncFailed as exc:

@@ -1,0 +1,151 @@
+"""The sync engine: fetch a model version's weights, verify them, publish them by digest.
+
+One sync runs these steps, each in a thread where it blocks:
+
+1. stage   — the job's staging dir is created (or reopened, to resume) and locked;
+2. fetch   — the source copies the model files into staging (:mod:`.sources`);
+3. verify  — config.json and the safetensors headers must meet the architecture
+             (:mod:`.validate`);
+4. digest  — sha256 of every file, then of the sorted manifest (:mod:`.weightstore`);
+5. publish — fsync, then one rename onto ``sha256/<hex>``; identical content is kept once.
+
+A sync that fails (:class:`SyncFailed`, or any other error) removes its staging, so the store
+holds only complete, verified directories. A sync that is *cancelled* keeps its staging: the
+worker may be shutting down, and the next sync with the same ``job_id`` resumes from it (S3
+downloads skip the parts already fetched). :func:`discard_staging` drops it for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from turnout.registry.architectures import Architecture
+from turnout.registry.sources import open_source
+from turnout.registry.sources.base import (
+    FetchContext,
+    ProgressCallback,
+    ProgressMeter,
+    SyncFailed,
+)
+from turnout.registry.validate import find_problems
+from turnout.registry.weightstore import StagingBusy, WeightStore, hash_model_dir
+
+__all__ = [
+    "ProgressCallback",
+    "SyncConfig",
+    "SyncFailed",
+    "SyncRequest",
+    "SyncResult",
+    "check_source_uri",
+    "discard_staging",
+    "sync_weights",
+]
+
+#: How many validation problems one message lists (the rest are counted).
+_SHOW_PROBLEMS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    weights_dir: Path
+    #: file:// confinement; an empty tuple allows no local source at all.
+    allowed_local_roots: tuple[Path, ...]
+    #: https hosts allowed although they resolve to loopback/private addresses (and which may
+    #: be reached over plain http).
+    allowed_hosts: tuple[str, ...] = ()
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: str | None = None  # "path" | "virtual" | "auto"
+    max_total_bytes: int = 200 * 2**30
+    max_files: int = 10_000
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_retries: int = 3
+    part_size: int = 16 * 2**20
+    max_concurrency: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    #: Stable per model version (e.g. "my-org/tiny-llama/3"); staging is keyed by it.
+    job_id: str
+    #: s3://bucket/prefix, file:///abs/dir or /abs/dir, https://..., hf://org/repo[@rev]
+    source_uri: str
+    architecture: Architecture
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    #: "sha256:<hex>" over the sorted manifest of (relative path, size, file sha256).
+    digest: str
+    #: The published, read-only directory in the weight store.
+    path: Path
+    total_bytes: int
+    file_count: int
+
+
+def check_source_uri(uri: str, config: SyncConfig) -> None:
+    """Cheap upload-time check; raises SourceNotAllowed or BadRequest naming the problem."""
+    open_source(uri, config)
+
+
+def discard_staging(job_id: str, config: SyncConfig) -> None:
+    """Drop an abandoned sync's staging (partial downloads and resume state)."""
+    WeightStore(config.weights_dir).discard(job_id)
+
+
+async def sync_weights(
+    request: SyncRequest, config: SyncConfig, progress: ProgressCallback | None = None
+) -> SyncResult:
+    """Fetch, verify, digest and publish one model version's weights."""
+    try:
+        source = open_source(request.source_uri, config)
+    except SyncFailed:
+        raise
+    except Exception as exc:  # SourceNotAllowed/BadRequest: at sync time they fail the sync
+        raise SyncFailed(str(exc)) from exc
+    store = WeightStore(config.weights_dir)
+    try:
+        with store.staging(request.job_id) as staging:
+            try:
+                ctx = FetchContext(staging, config, ProgressMeter(progress))
+                await source.fetch(ctx)
+                await ctx.meter.report(force=True)
+                await asyncio.to_thread(_verify, staging.model, request, source.uri)
+                manifest = await asyncio.to_thread(hash_model_dir, staging.model)
+                path = await asyncio.to_thread(store.publish, staging, manifest)
+            except Exception as exc:
+                # Cancellation (a BaseException) skips this and keeps staging for a resume.
+                store.discard(request.job_id)
+                if isinstance(exc, SyncFailed):
+                    raise
+                if isinstance(exc, OSError):
+                    raise SyncFailed(f"weight store I/O failed: {exc}") from exc
+                raise
+    except StagingBusy as exc:
+        raise SyncFailed(
+            f"another sync of {request.job_id} is running; wait for it to finish"
+        ) from exc
+    except OSError as exc:
+        raise SyncFailed(f"cannot create staging in {config.weights_dir}: {exc}") from exc
+    return SyncResult(
+        digest=f"sha256:{manifest.hexdigest}",
+        path=path,
+        total_bytes=manifest.total_bytes,
+        file_count=len(manifest.files),
+    )
+
+
+def _verify(model_dir: Path, request: SyncRequest, uri: str) -> None:
+    problems = find_problems(model_dir, request.architecture)
+    if not problems:
+        return
+    shown = "; ".join(problems[:_SHOW_PROBLEMS])
+    more = len(problems) - _SHOW_PROBLEMS
+    suffix = f"; and {more} more problems" if more > 0 else ""
+    raise SyncFailed(
+        f"weights at {uri} do not match architecture {request.architecture.arch_id}: "
+        f"{shown}{suffix}"
+    )
