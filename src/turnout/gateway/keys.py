@@ -1,20 +1,18 @@
 """Inference keys: how the gateway maps a Bearer token to an org.
 
-This module imports only ``hashlib`` so the store layer can share :func:`hash_key` without
-pulling in aiohttp or the web stack. Tokens are never kept in memory in clear text: the table is
+The hash is :func:`turnout.ids.hash_key`, shared with the store; this module pulls in neither
+aiohttp nor the web stack. Tokens are never kept in memory in clear text: the table is
 keyed by the sha256 hex digest the store also persists.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Protocol
 
+from turnout.ids import hash_key
 
-def hash_key(token: str) -> str:
-    """The sha256 hex digest under which an inference key is stored and looked up."""
-    return hashlib.sha256(token.encode()).hexdigest()
+__all__ = ["InferenceKeys", "StaticInferenceKeys", "hash_key"]
 
 
 class InferenceKeys(Protocol):

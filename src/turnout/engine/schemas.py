@@ -1,0 +1,206 @@
+"""Wire types of the built-in engine: the OpenAI/Cerebras inference surface it serves.
+
+Fields follow ``reference/cerebras-api.md`` ("Chat completions", "Completions") in order. Every
+model inherits :class:`InferenceModel`, which accepts unknown fields (OpenAI clients send fields
+we do not know; the service logs them). Fields we know but do not implement (tools, logprobs,
+``n`` > 1, ...) are declared here so that the service can refuse them by name; the checks
+themselves live in :mod:`turnout.engine.serving`, never here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class InferenceModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+class ContentPart(InferenceModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(InferenceModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(InferenceModel):
+    include_usage: bool = False
+
+
+class ResponseFormat(InferenceModel):
+    type: Literal["text", "json_object", "json_schema"]
+
+
+Stop = str | list[str] | None
+
+
+class ChatCompletionRequest(InferenceModel):
+    # reference/cerebras-api.md, "Chat completions": request parameters.
+    model: str | None = None
+    messages: list[ChatMessage]
+    clear_thinking: bool | None = None
+    disable_reasoning: bool | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    min_completion_tokens: int | None = None
+    min_tokens: int | None = None
+    n: int | None = Field(default=None, ge=1)
+    parallel_tool_calls: bool | None = None
+    prediction: dict[str, Any] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    reasoning_format: Literal["none", "parsed", "text_parsed", "raw", "hidden"] | None = None
+    response_format: ResponseFormat | None = None
+    seed: int | None = None
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = None
+    stop: Stop = Field(default=None, max_length=4)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    tool_choice: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    user: str | None = None
+
+
+class CompletionRequest(InferenceModel):
+    # reference/cerebras-api.md, "Completions": request parameters.
+    model: str | None = None
+    prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = Field(default=None, ge=1)
+    echo: bool | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    grammar_root: str | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    min_tokens: int | None = None
+    n: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    reasoning_format: str | None = None
+    return_raw_tokens: bool | None = None
+    seed: int | None = None
+    stop: Stop = Field(default=None, max_length=4)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    user: str | None = None
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+class Usage(InferenceModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TimeInfo(InferenceModel):
+    queue_time: float
+    prompt_time: float
+    completion_time: float
+    total_time: float
+    created: float
+
+
+class AssistantMessage(InferenceModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(InferenceModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletionResponse(InferenceModel):
+    id: str
+    choices: list[ChatChoice]
+    created: int
+    model: str
+    system_fingerprint: str
+    object: Literal["chat.completion"] = "chat.completion"
+    usage: Usage
+    time_info: TimeInfo
+
+
+class ChunkDelta(InferenceModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(InferenceModel):
+    index: int = 0
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(InferenceModel):
+    # Rendered with exclude_none: keys are absent, not null, in non-final chunks (as on the wire).
+    id: str
+    choices: list[ChatChunkChoice]
+    created: int
+    model: str
+    system_fingerprint: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    usage: Usage | None = None
+    time_info: TimeInfo | None = None
+
+
+class CompletionChoice(InferenceModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class CompletionResponse(InferenceModel):
+    # Streamed chunks use this same shape (object "text_completion"), without usage until the end.
+    id: str
+    choices: list[CompletionChoice]
+    created: int
+    model: str
+    system_fingerprint: str
+    object: Literal["text_completion"] = "text_completion"
+    usage: Usage | None = None
+    time_info: TimeInfo | None = None
+
+
+class ModelCard(InferenceModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "turnout"
+    max_model_len: int | None = None
+
+
+class ModelList(InferenceModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# Turnout extensions (not in the published API)
+
+
+class EngineStats(InferenceModel):
+    ready: bool
+    active: int
+    queued: int
+    cancelled: int
+    max_batch_size: int
