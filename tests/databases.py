@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-PG_ADMIN_DSN = os.environ.get("TURNOUT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "TURNOUT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 async def _pg_connect():  # type: ignore[no-untyped-def]
@@ -39,7 +41,11 @@ async def database_url(kind: str, tmp_path: Path) -> AsyncIterator[str]:
     finally:
         await conn.close()
     try:
-        yield PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + "/" + name
+        yield (
+            PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+            + "/"
+            + name
+        )
     finally:
         conn = await _pg_connect()
         try:

@@ -75,7 +75,9 @@ def wait_until(fetch: Any, done: Any, timeout: float = 120, interval: float = 0.
     raise AssertionError(f"timed out waiting; last seen: {last}")
 
 
-def make_deployed(root: Path, tiny_model: TinyModelFactory, env: dict[str, str] | None = None) -> Deployed:
+def make_deployed(
+    root: Path, tiny_model: TinyModelFactory, env: dict[str, str] | None = None
+) -> Deployed:
     weights = root / "weights-in"
     for seed in (1, 2):
         shutil.copytree(tiny_model(seed=seed), weights / f"seed{seed}")
@@ -83,7 +85,9 @@ def make_deployed(root: Path, tiny_model: TinyModelFactory, env: dict[str, str] 
         root / "data", env={"TURNOUT_ALLOWED_LOCAL_ROOTS": str(weights), **(env or {})}
     )
     server.cli("admin", "org", "create", "acme")
-    mk = server.cli("admin", "key", "create", "--org", "acme", "--kind", "management").stdout.strip()
+    mk = server.cli(
+        "admin", "key", "create", "--org", "acme", "--kind", "management"
+    ).stdout.strip()
     ik = server.cli("admin", "key", "create", "--org", "acme", "--kind", "inference").stdout.strip()
     server.cli("admin", "endpoint", "create", "acme-tiny", "--org", "acme", "--arch", "tiny-llama")
     server.start()

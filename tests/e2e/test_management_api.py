@@ -20,7 +20,9 @@ V1 = "/management/v1"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModelFactory) -> Iterator[dict[str, Any]]:
+def env(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModelFactory
+) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("mgmt")
     weights = root / "weights-in"
     good = weights / "good"
@@ -42,13 +44,25 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModelFactory) 
     server.cli("admin", "org", "create", "my-org")
     server.cli("admin", "org", "create", "other-org")
     keys = {
-        "mk": server.cli("admin", "key", "create", "--org", "my-org", "--kind", "management").stdout.strip(),
-        "ik": server.cli("admin", "key", "create", "--org", "my-org", "--kind", "inference").stdout.strip(),
-        "other": server.cli("admin", "key", "create", "--org", "other-org", "--kind", "management").stdout.strip(),
+        "mk": server.cli(
+            "admin", "key", "create", "--org", "my-org", "--kind", "management"
+        ).stdout.strip(),
+        "ik": server.cli(
+            "admin", "key", "create", "--org", "my-org", "--kind", "inference"
+        ).stdout.strip(),
+        "other": server.cli(
+            "admin", "key", "create", "--org", "other-org", "--kind", "management"
+        ).stdout.strip(),
     }
-    server.cli("admin", "endpoint", "create", "my-org-tiny", "--org", "my-org", "--arch", "tiny-llama")
-    server.cli("admin", "endpoint", "create", "my-org-smol", "--org", "my-org", "--arch", "smollm2-135m")
-    server.cli("admin", "endpoint", "create", "other-tiny", "--org", "other-org", "--arch", "tiny-llama")
+    server.cli(
+        "admin", "endpoint", "create", "my-org-tiny", "--org", "my-org", "--arch", "tiny-llama"
+    )
+    server.cli(
+        "admin", "endpoint", "create", "my-org-smol", "--org", "my-org", "--arch", "smollm2-135m"
+    )
+    server.cli(
+        "admin", "endpoint", "create", "other-tiny", "--org", "other-org", "--arch", "tiny-llama"
+    )
     server.start()
     try:
         yield {"server": server, "keys": keys, "good": good, "corrupt": corrupt, "wrong": wrong}
@@ -62,11 +76,15 @@ def api(env: dict[str, Any]) -> Iterator[httpx.Client]:
         yield client
 
 
-def upload(api: httpx.Client, uri: str, aliases: list[str] | None = None, **extra: Any) -> httpx.Response:
+def upload(
+    api: httpx.Client, uri: str, aliases: list[str] | None = None, **extra: Any
+) -> httpx.Response:
     model: dict[str, Any] = {"weight_uri": uri, **extra}
     if aliases is not None:
         model["version_aliases"] = aliases
-    return api.post(f"{V1}/orgs/my-org/models:upload", json={"model_arch_id": "tiny-llama", "model": model})
+    return api.post(
+        f"{V1}/orgs/my-org/models:upload", json={"model_arch_id": "tiny-llama", "model": model}
+    )
 
 
 def wait_synced(api: httpx.Client, name: str, timeout: float = 60) -> dict[str, Any]:
@@ -141,7 +159,11 @@ def test_walkthrough_upload_alias_deploy_status(api: httpx.Client, v1: dict[str,
     assert info["deployment_id"] == op["name"]
     assert info["version_id"] == 1 and isinstance(info["version_id"], int)
     assert info["rollout_status"] == "not_started"
-    assert (info["endpoint_id"], info["org_name"], info["model_arch_id"]) == ("my-org-tiny", "my-org", "tiny-llama")
+    assert (info["endpoint_id"], info["org_name"], info["model_arch_id"]) == (
+        "my-org-tiny",
+        "my-org",
+        "tiny-llama",
+    )
     assert isinstance(info["created"], int) and isinstance(info["updated"], int)
 
     status = api.get(f"{V1}/endpoints/my-org-tiny").json()
@@ -170,7 +192,9 @@ def test_walkthrough_upload_alias_deploy_status(api: httpx.Client, v1: dict[str,
     # Deleting the serving version is refused, and the version stays.
     assert_error(api.delete(f"{V1}/orgs/my-org/models/tiny-llama/versions/1"), 409, "my-org-tiny")
     assert api.get(f"{V1}/orgs/my-org/models/tiny-llama/versions/1").status_code == 200
-    assert_error(api.post(f"{V1}/endpoints/my-org-tiny/deployments/{op['name']}:cancel"), 409, "complete")
+    assert_error(
+        api.post(f"{V1}/endpoints/my-org-tiny/deployments/{op['name']}:cancel"), 409, "complete"
+    )
     assert_error(api.post(f"{V1}/endpoints/my-org-tiny:rollback"), 409, "roll back")
 
 
@@ -178,7 +202,9 @@ def versions_snapshot(api: httpx.Client) -> list[Any]:
     return api.get(f"{V1}/orgs/my-org/models/tiny-llama/versions").json()["model_versions"]
 
 
-def test_failed_syncs_name_the_problem(api: httpx.Client, env: dict[str, Any], v1: dict[str, Any]) -> None:
+def test_failed_syncs_name_the_problem(
+    api: httpx.Client, env: dict[str, Any], v1: dict[str, Any]
+) -> None:
     corrupt = wait_synced(api, upload(api, str(env["corrupt"])).json()["name"])
     assert corrupt["response"]["sync_status"] == "failed"
     assert "model.safetensors" in corrupt["error"]["message"]
@@ -197,7 +223,9 @@ def test_failed_syncs_name_the_problem(api: httpx.Client, env: dict[str, Any], v
     )
 
 
-def test_bad_requests_change_nothing(api: httpx.Client, env: dict[str, Any], v1: dict[str, Any]) -> None:
+def test_bad_requests_change_nothing(
+    api: httpx.Client, env: dict[str, Any], v1: dict[str, Any]
+) -> None:
     before = versions_snapshot(api)
     path = f"{V1}/orgs/my-org/models/tiny-llama/versions/1"
     assert_error(api.patch(path, json={"version_aliases": ["Bad_Alias"]}), 400, "Bad_Alias")
@@ -209,23 +237,31 @@ def test_bad_requests_change_nothing(api: httpx.Client, env: dict[str, Any], v1:
     assert_error(api.get(f"{V1}/orgs/my-org/models/tiny-llama/versions/nope"), 404, "nope")
     assert_error(api.get(f"{V1}/endpoints/no-endpoint"), 404, "no-endpoint")
     deploy = f"{V1}/endpoints/my-org-tiny:deployModel"
-    assert_error(api.post(deploy, json={"model": "orgs/my-org/models/tiny-llama/versions/nope"}), 404, "nope")
+    assert_error(
+        api.post(deploy, json={"model": "orgs/my-org/models/tiny-llama/versions/nope"}), 404, "nope"
+    )
     assert_error(api.post(deploy, json={"model": "not-a-name"}), 400, "orgs/<org_name>")
     smol = f"{V1}/endpoints/my-org-smol:deployModel"
-    body = assert_error(api.post(smol, json={"model": "orgs/my-org/models/tiny-llama/versions/1"}), 400)
+    body = assert_error(
+        api.post(smol, json={"model": "orgs/my-org/models/tiny-llama/versions/1"}), 400
+    )
     assert body["code"] == "architecture_mismatch"
     bad_json = api.post(deploy, content=b'{"model": ', headers={"Content-Type": "application/json"})
     assert assert_error(bad_json, 400, "JSON")["code"] == "invalid_json"
     unknown = assert_error(api.post(deploy, json={"model": "x", "surprise": 1}), 422)
     assert unknown["param"] == "surprise" and unknown["code"] == "validation_error"
-    missing = assert_error(api.post(f"{V1}/orgs/my-org/models:upload", json={"model_arch_id": "tiny-llama"}), 422)
+    missing = assert_error(
+        api.post(f"{V1}/orgs/my-org/models:upload", json={"model_arch_id": "tiny-llama"}), 422
+    )
     assert missing["param"] == "model"
     huge = {"model_arch_id": "tiny-llama", "model": {"weight_uri": "x" * 100_000}}
     assert_error(api.post(f"{V1}/orgs/my-org/models:upload", json=huge), 413, "limit")
     assert versions_snapshot(api) == before
 
 
-def test_alias_held_by_another_version_is_409(api: httpx.Client, env: dict[str, Any], v1: dict[str, Any]) -> None:
+def test_alias_held_by_another_version_is_409(
+    api: httpx.Client, env: dict[str, Any], v1: dict[str, Any]
+) -> None:
     second = wait_synced(api, upload(api, str(env["good"]), ["candidate"]).json()["name"])
     number = second["name"].rsplit("/", 1)[1]
     before = versions_snapshot(api)
@@ -256,16 +292,22 @@ def test_keys_and_org_scoping(env: dict[str, Any], v1: dict[str, Any]) -> None:
             other.post(f"{V1}/endpoints/my-org-tiny:deployModel", json={"model": v1["name"]}), 404
         )
         assert other.get(f"{V1}/endpoints/other-tiny").status_code == 200
-    listed = json.loads(server.cli("admin", "key", "list", "--org", "my-org", "--json").stdout)["keys"]
+    listed = json.loads(server.cli("admin", "key", "list", "--org", "my-org", "--json").stdout)[
+        "keys"
+    ]
     revoked_id = next(k["id"] for k in listed if k["kind"] == "management")
-    fresh = server.cli("admin", "key", "create", "--org", "my-org", "--kind", "management").stdout.strip()
+    fresh = server.cli(
+        "admin", "key", "create", "--org", "my-org", "--kind", "management"
+    ).stdout.strip()
     server.cli("admin", "key", "revoke", revoked_id)
     with server.client(env["keys"]["mk"]) as revoked:
         assert_error(revoked.get(f"{V1}/orgs/my-org/models"), 401, "revoked")
     env["keys"]["mk"] = fresh
 
 
-def test_idempotency_key_returns_the_original_operation(env: dict[str, Any], v1: dict[str, Any]) -> None:
+def test_idempotency_key_returns_the_original_operation(
+    env: dict[str, Any], v1: dict[str, Any]
+) -> None:
     with env["server"].client(env["keys"]["mk"]) as api:
         headers = {"Idempotency-Key": "upload-abc"}
         body = {"model_arch_id": "tiny-llama", "model": {"weight_uri": str(env["good"])}}
@@ -276,8 +318,12 @@ def test_idempotency_key_returns_the_original_operation(env: dict[str, Any], v1:
         assert_error(api.post(f"{V1}/orgs/my-org/models:upload", json=body, headers=headers), 409)
         wait_synced(api, first["name"])
         deploy = {"model": first["name"]}
-        d1 = api.post(f"{V1}/endpoints/my-org-tiny:deployModel", json=deploy, headers={"Idempotency-Key": "d"}).json()
-        d2 = api.post(f"{V1}/endpoints/my-org-tiny:deployModel", json=deploy, headers={"Idempotency-Key": "d"}).json()
+        d1 = api.post(
+            f"{V1}/endpoints/my-org-tiny:deployModel", json=deploy, headers={"Idempotency-Key": "d"}
+        ).json()
+        d2 = api.post(
+            f"{V1}/endpoints/my-org-tiny:deployModel", json=deploy, headers={"Idempotency-Key": "d"}
+        ).json()
         assert d1["name"] == d2["name"]
         assert len(api.get(f"{V1}/endpoints/my-org-tiny/deployments").json()["deployments"]) == 2
         wait_deployed(api, d1["name"])
@@ -303,24 +349,47 @@ def test_openapi_and_health(env: dict[str, Any]) -> None:
         "/management/v1/endpoints/{endpoint_id}:rollback",
     ):
         assert path in paths, path
-    assert {"get", "patch", "delete"} <= set(paths["/management/v1/orgs/{org_name}/models/{model_arch_id}/versions/{version_id}"])
+    assert {"get", "patch", "delete"} <= set(
+        paths["/management/v1/orgs/{org_name}/models/{model_arch_id}/versions/{version_id}"]
+    )
 
 
 def test_admin_http_api(tmp_path: Path) -> None:
     server = TurnoutServer(tmp_path / "data", env={"TURNOUT_ADMIN_TOKEN": "s3cret"}).start()
     try:
         with server.client(None) as anon:
-            assert_error(anon.post("/admin/v1/orgs", json={"name": "acme"}), 401, "TURNOUT_ADMIN_TOKEN")
+            assert_error(
+                anon.post("/admin/v1/orgs", json={"name": "acme"}), 401, "TURNOUT_ADMIN_TOKEN"
+            )
         with server.client("s3cret") as admin:
             assert admin.post("/admin/v1/orgs", json={"name": "acme"}).json()["name"] == "acme"
             key = admin.post("/admin/v1/keys", json={"org": "acme", "kind": "management"}).json()
             assert key["key"].startswith("tmk_")
-            assert "key" not in admin.get("/admin/v1/keys").json()["keys"][0] or admin.get("/admin/v1/keys").json()["keys"][0]["key"] is None
-            ep = admin.post("/admin/v1/endpoints", json={"endpoint_id": "acme-tiny", "org": "acme", "arch": "tiny-llama"})
+            assert (
+                "key" not in admin.get("/admin/v1/keys").json()["keys"][0]
+                or admin.get("/admin/v1/keys").json()["keys"][0]["key"] is None
+            )
+            ep = admin.post(
+                "/admin/v1/endpoints",
+                json={"endpoint_id": "acme-tiny", "org": "acme", "arch": "tiny-llama"},
+            )
             assert ep.status_code == 200, ep.text
-            assert_error(admin.post("/admin/v1/endpoints", json={"endpoint_id": "acme-tiny", "org": "acme", "arch": "tiny-llama"}), 409)
-            assert_error(admin.post("/admin/v1/endpoints", json={"endpoint_id": "x2", "org": "acme", "arch": "nope"}), 404)
-            assert [e["endpoint_id"] for e in admin.get("/admin/v1/endpoints").json()["endpoints"]] == ["acme-tiny"]
+            assert_error(
+                admin.post(
+                    "/admin/v1/endpoints",
+                    json={"endpoint_id": "acme-tiny", "org": "acme", "arch": "tiny-llama"},
+                ),
+                409,
+            )
+            assert_error(
+                admin.post(
+                    "/admin/v1/endpoints", json={"endpoint_id": "x2", "org": "acme", "arch": "nope"}
+                ),
+                404,
+            )
+            assert [
+                e["endpoint_id"] for e in admin.get("/admin/v1/endpoints").json()["endpoints"]
+            ] == ["acme-tiny"]
             assert admin.delete("/admin/v1/endpoints/acme-tiny").status_code == 200
         with server.client(key["key"]) as api:
             assert "tiny-llama" in api.get(f"{V1}/orgs/acme/models").json()["model_architectures"]

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModelFactory) -> Iterator[Deployed]:
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModelFactory
+) -> Iterator[Deployed]:
     env = make_deployed(tmp_path_factory.mktemp("rollout"), tiny_model)
     try:
         first = env.deploy("v1")
@@ -76,7 +78,10 @@ class Load:
     def _call(self, client: openai.OpenAI, stream: bool) -> tuple[int, str]:
         messages = [{"role": "user", "content": "Tell me about trains."}]
         raw = client.chat.completions.with_raw_response.create(
-            model=self.env.endpoint, messages=messages, max_tokens=12, stream=stream  # type: ignore[arg-type]
+            model=self.env.endpoint,
+            messages=messages,
+            max_tokens=12,
+            stream=stream,  # type: ignore[arg-type]
         )
         version = int(raw.headers["x-turnout-version"])
         if not stream:
@@ -108,14 +113,20 @@ def test_zero_failed_requests_across_repeated_switches(deployed: Deployed) -> No
             switches.append((label, submitted, complete_at))
             time.sleep(3)
     outcomes = load.outcomes
-    assert outcomes and all(o.error is None for o in outcomes), [o.error for o in outcomes if o.error][:5]
+    assert outcomes and all(o.error is None for o in outcomes), [
+        o.error for o in outcomes if o.error
+    ][:5]
     assert any(o.streamed for o in outcomes)
     labels = ["v1"] + [label for label, _, _ in switches]
     for i, (label, submitted, complete_at) in enumerate(switches):
         previous = labels[i]
         window_end = switches[i + 1][1] if i + 1 < len(switches) else float("inf")
         after = [o for o in outcomes if complete_at < o.started < window_end]
-        before = [o for o in outcomes if o.finished < submitted and (i == 0 or o.started > switches[i - 1][2])]
+        before = [
+            o
+            for o in outcomes
+            if o.finished < submitted and (i == 0 or o.started > switches[i - 1][2])
+        ]
         assert after, f"no request ran after switch {i} completed"
         assert {o.version for o in after} == {deployed.version_id(label)}
         assert {o.fingerprint for o in after} == {deployed.fingerprint(label)}
@@ -125,22 +136,32 @@ def test_zero_failed_requests_across_repeated_switches(deployed: Deployed) -> No
 def test_cerebras_sdk_calls_the_endpoint(deployed: Deployed) -> None:
     from cerebras.cloud.sdk import Cerebras
 
-    client = Cerebras(base_url=deployed.server.url, api_key=deployed.inference_key, warm_tcp_connection=False)
+    client = Cerebras(
+        base_url=deployed.server.url, api_key=deployed.inference_key, warm_tcp_connection=False
+    )
     messages = [{"role": "user", "content": "Hello!"}]
     reply = client.chat.completions.create(model=deployed.endpoint, messages=messages, max_tokens=8)
     assert reply.model == deployed.endpoint and reply.usage.completion_tokens >= 1  # type: ignore[union-attr]
     assert reply.system_fingerprint.startswith("fp_")  # type: ignore[union-attr]
     chunks = list(
-        client.chat.completions.create(model=deployed.endpoint, messages=messages, max_tokens=8, stream=True)
+        client.chat.completions.create(
+            model=deployed.endpoint, messages=messages, max_tokens=8, stream=True
+        )
     )
     assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")  # type: ignore[union-attr]
 
 
 def test_gateway_errors(deployed: Deployed) -> None:
-    client = openai.OpenAI(base_url=deployed.server.url + "/v1", api_key=deployed.inference_key, max_retries=0)
+    client = openai.OpenAI(
+        base_url=deployed.server.url + "/v1", api_key=deployed.inference_key, max_retries=0
+    )
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="no-such-endpoint", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="no-such-endpoint", messages=[{"role": "user", "content": "x"}]
+        )
     bad = openai.OpenAI(base_url=deployed.server.url + "/v1", api_key="tik_wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
-        bad.chat.completions.create(model=deployed.endpoint, messages=[{"role": "user", "content": "x"}])
+        bad.chat.completions.create(
+            model=deployed.endpoint, messages=[{"role": "user", "content": "x"}]
+        )
     assert [m.id for m in client.models.list()] == [deployed.endpoint]

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModelFactory) -> Iterator[Deployed]:
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModelFactory
+) -> Iterator[Deployed]:
     root = tmp_path_factory.mktemp("failures")
     env = make_deployed(root, tiny_model, {"TURNOUT_DRAIN_TIMEOUT": "120"})
     broken = root / "weights-in" / "broken-engine"
@@ -40,7 +42,11 @@ def serving_version(env: Deployed) -> int:
     resp = httpx.post(
         env.server.url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {env.inference_key}"},
-        json={"model": env.endpoint, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        json={
+            "model": env.endpoint,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+        },
         timeout=60,
     )
     assert resp.status_code == 200, resp.text
@@ -64,12 +70,19 @@ def test_cancel_mid_rollout_keeps_old_version(deployed: Deployed) -> None:
     before = serving_version(deployed)
     target = "v2" if before == deployed.version_id("v1") else "v1"
     deployment_id = deployed.deploy(target)
-    wait_until(lambda: deployed.deployment(deployment_id), lambda b: b["response"]["rollout_status"] == "in_progress")
+    wait_until(
+        lambda: deployed.deployment(deployment_id),
+        lambda b: b["response"]["rollout_status"] == "in_progress",
+    )
     with deployed.api() as api:
-        resp = api.post(f"/management/v1/endpoints/{deployed.endpoint}/deployments/{deployment_id}:cancel")
+        resp = api.post(
+            f"/management/v1/endpoints/{deployed.endpoint}/deployments/{deployment_id}:cancel"
+        )
     assert resp.status_code == 200, resp.text
     done = deployed.wait_done(deployment_id)
-    assert done["response"]["rollout_status"] == "cancelled" and done["error"]["code"] == "cancelled"
+    assert (
+        done["response"]["rollout_status"] == "cancelled" and done["error"]["code"] == "cancelled"
+    )
     assert serving_version(deployed) == before
     # The cancelled rollout's replicas are gone.
     with deployed.api() as api:
@@ -97,8 +110,9 @@ def test_kill_9_during_drain_then_restart(deployed: Deployed) -> None:
         body = {"model": deployed.endpoint, "stream": True, "max_tokens": 400,
                 "messages": [{"role": "user", "content": "Tell me a long story."}]}  # fmt: skip
         try:
-            with httpx.stream("POST", deployed.server.url + "/v1/chat/completions", json=body, timeout=120,
-                              headers={"Authorization": f"Bearer {deployed.inference_key}"}) as resp:  # fmt: skip
+            url = deployed.server.url + "/v1/chat/completions"
+            auth = {"Authorization": f"Bearer {deployed.inference_key}"}
+            with httpx.stream("POST", url, json=body, timeout=120, headers=auth) as resp:
                 for _ in resp.iter_raw():
                     holding.set()
         except httpx.HTTPError:
@@ -109,7 +123,9 @@ def test_kill_9_during_drain_then_restart(deployed: Deployed) -> None:
     assert holding.wait(60)
     deployment_id = deployed.deploy("v2")
     wait_until(
-        lambda: deployed.deployment(deployment_id), lambda b: b["response"]["step"] == "draining", timeout=120
+        lambda: deployed.deployment(deployment_id),
+        lambda b: b["response"]["step"] == "draining",
+        timeout=120,
     )
     deployed.server.stop(signal.SIGKILL)
     reader.join(timeout=30)
@@ -127,7 +143,9 @@ def _try_version(env: Deployed) -> int | None:
         return None
 
 
-def test_readiness_timeout_fails_the_deployment(tmp_path: Path, tiny_model: TinyModelFactory) -> None:
+def test_readiness_timeout_fails_the_deployment(
+    tmp_path: Path, tiny_model: TinyModelFactory
+) -> None:
     env = make_deployed(tmp_path, tiny_model, {"TURNOUT_READY_TIMEOUT": "0.5"})
     try:
         done = env.wait_done(env.deploy("v1"))

@@ -61,22 +61,37 @@ class SlowHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def start_server(root: Path, weights: Path, extra: dict[str, str]) -> tuple[TurnoutServer, str]:
-    server = TurnoutServer(root / "data", env={"TURNOUT_ALLOWED_LOCAL_ROOTS": str(weights), **extra})
+    server = TurnoutServer(
+        root / "data", env={"TURNOUT_ALLOWED_LOCAL_ROOTS": str(weights), **extra}
+    )
     server.cli("admin", "org", "create", "acme")
-    key = server.cli("admin", "key", "create", "--org", "acme", "--kind", "management").stdout.strip()
+    key = server.cli(
+        "admin", "key", "create", "--org", "acme", "--kind", "management"
+    ).stdout.strip()
     server.start()
     return server, key
 
 
 def upload(api: httpx.Client, uri: str) -> str:
-    resp = api.post(f"{V1}/orgs/acme/models:upload", json={"model_arch_id": "tiny-llama", "model": {"weight_uri": uri}})
+    resp = api.post(
+        f"{V1}/orgs/acme/models:upload",
+        json={"model_arch_id": "tiny-llama", "model": {"weight_uri": uri}},
+    )
     assert resp.status_code == 200, resp.text
     return str(resp.json()["name"])
 
 
-def test_s3_sync_matches_file_sync(tmp_path: Path, tiny_model: TinyModelFactory, moto_url: str) -> None:
+def test_s3_sync_matches_file_sync(
+    tmp_path: Path, tiny_model: TinyModelFactory, moto_url: str
+) -> None:
     model = tiny_model(seed=3)
-    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     s3.create_bucket(Bucket="weights")
     for path in model.iterdir():
         s3.upload_file(str(path), "weights", f"ft/v1/{path.name}")
@@ -86,19 +101,28 @@ def test_s3_sync_matches_file_sync(tmp_path: Path, tiny_model: TinyModelFactory,
             from_s3 = upload(api, "s3://weights/ft/v1")
             from_file = upload(api, f"file://{model}")
             missing = upload(api, "s3://weights/no-such-prefix")
-            bodies = [wait_until(lambda n=n: api.get(f"{V1}/{n}").json(), lambda b: b["done"]) for n in (from_s3, from_file, missing)]
+            bodies = [
+                wait_until(lambda n=n: api.get(f"{V1}/{n}").json(), lambda b: b["done"])
+                for n in (from_s3, from_file, missing)
+            ]
     finally:
         server.stop()
     s3_body, file_body, missing_body = bodies
     assert s3_body["response"]["sync_status"] == "done", s3_body
     assert s3_body["response"]["customer_s3_uri"] == "s3://weights/ft/v1"
     assert s3_body["response"]["digest"] == file_body["response"]["digest"]
-    assert s3_body["response"]["sync_progress"]["bytes_done"] == s3_body["response"]["sync_progress"]["bytes_total"] > 0
+    assert (
+        s3_body["response"]["sync_progress"]["bytes_done"]
+        == s3_body["response"]["sync_progress"]["bytes_total"]
+        > 0
+    )
     assert missing_body["response"]["sync_status"] == "failed"
     assert "no-such-prefix" in missing_body["error"]["message"]
 
 
-def test_kill_9_during_sync_then_restart_never_stuck(tmp_path: Path, tiny_model: TinyModelFactory) -> None:
+def test_kill_9_during_sync_then_restart_never_stuck(
+    tmp_path: Path, tiny_model: TinyModelFactory
+) -> None:
     served = tmp_path / "served"
     served.mkdir()
     with tarfile.open(served / "model.tar", "w") as tar:
@@ -112,13 +136,18 @@ def test_kill_9_during_sync_then_restart_never_stuck(tmp_path: Path, tiny_model:
     try:
         with server.client(key) as api:
             name = upload(api, url)
-            wait_until(lambda: api.get(f"{V1}/{name}").json(), lambda b: b["response"]["sync_status"] == "in_progress")
+            wait_until(
+                lambda: api.get(f"{V1}/{name}").json(),
+                lambda b: b["response"]["sync_status"] == "in_progress",
+            )
         server.stop(signal.SIGKILL)
         staging = server.data_dir / "weights" / "sha256"
         assert not staging.exists() or not any(staging.iterdir())  # nothing published half-way
         server.start()
         with server.client(key) as api:
-            body = wait_until(lambda: api.get(f"{V1}/{name}").json(), lambda b: b["done"], timeout=120)
+            body = wait_until(
+                lambda: api.get(f"{V1}/{name}").json(), lambda b: b["done"], timeout=120
+            )
     finally:
         server.stop()
         httpd.shutdown()

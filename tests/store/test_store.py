@@ -24,7 +24,9 @@ async def test_orgs_keys_and_grants(db: Database) -> None:
     async with db.session() as s:
         org = await tenants.create_org(s, "acme")
         await tenants.grant(s, org, "tiny-llama")
-        await tenants.add_key(s, org, key_id="key_1", kind=KeyKind.MANAGEMENT, key_hash="h1", prefix="tmk_abc")
+        await tenants.add_key(
+            s, org, key_id="key_1", kind=KeyKind.MANAGEMENT, key_hash="h1", prefix="tmk_abc"
+        )
     with pytest.raises(Conflict):
         async with db.session() as s:
             await tenants.create_org(s, "acme")
@@ -43,7 +45,12 @@ async def test_version_numbers_aliases_and_delete(db: Database) -> None:
     async with db.session() as s:
         org = await tenants.create_org(s, "acme")
         v1 = await versions.create_version(
-            s, org, "tiny-llama", weight_uri="file:///w1", fingerprint_suffix=None, aliases=["production"]
+            s,
+            org,
+            "tiny-llama",
+            weight_uri="file:///w1",
+            fingerprint_suffix=None,
+            aliases=["production"],
         )
         v2 = await versions.create_version(
             s, org, "tiny-llama", weight_uri="file:///w2", fingerprint_suffix="ft", aliases=[]
@@ -65,7 +72,12 @@ async def test_version_numbers_aliases_and_delete(db: Database) -> None:
         with pytest.raises(NotFound):
             await versions.resolve_version(s, org, "tiny-llama", "2")
         v3 = await versions.create_version(
-            s, org, "tiny-llama", weight_uri="file:///w3", fingerprint_suffix=None, aliases=["production"]
+            s,
+            org,
+            "tiny-llama",
+            weight_uri="file:///w3",
+            fingerprint_suffix=None,
+            aliases=["production"],
         )
     assert v3.version_number == 3  # ids are never reused
 
@@ -75,7 +87,9 @@ async def test_version_number_is_unique_per_org_and_arch(db: Database) -> None:
 
     async with db.session() as s:
         org = await tenants.create_org(s, "acme")
-        await versions.create_version(s, org, "tiny-llama", weight_uri="u", fingerprint_suffix=None, aliases=[])
+        await versions.create_version(
+            s, org, "tiny-llama", weight_uri="u", fingerprint_suffix=None, aliases=[]
+        )
     with pytest.raises(IntegrityError):
         async with db.session() as s:
             s.add(
@@ -93,7 +107,13 @@ async def test_sync_status_and_fingerprint(db: Database) -> None:
             s, org, "tiny-llama", weight_uri="u", fingerprint_suffix="my-sfx", aliases=[]
         )
         await versions.update_sync(
-            s, v.id, status=SyncStatus.DONE, digest="sha256:" + "ab" * 32, weight_path="/w", bytes_done=5, bytes_total=5
+            s,
+            v.id,
+            status=SyncStatus.DONE,
+            digest="sha256:" + "ab" * 32,
+            weight_path="/w",
+            bytes_done=5,
+            bytes_total=5,
         )
         done = await versions.get_version_by_pk(s, v.id)
     assert done is not None and done.sync_status is SyncStatus.DONE
@@ -103,30 +123,63 @@ async def test_sync_status_and_fingerprint(db: Database) -> None:
 async def test_endpoints_deployments_events_replicas(db: Database) -> None:
     async with db.session() as s:
         org = await tenants.create_org(s, "acme")
-        v = await versions.create_version(s, org, "tiny-llama", weight_uri="u", fingerprint_suffix=None, aliases=[])
-        ep = await endpoints.create_endpoint(s, "acme-tiny", org, "tiny-llama", replicas=2, engine="builtin")
+        v = await versions.create_version(
+            s, org, "tiny-llama", weight_uri="u", fingerprint_suffix=None, aliases=[]
+        )
+        ep = await endpoints.create_endpoint(
+            s, "acme-tiny", org, "tiny-llama", replicas=2, engine="builtin"
+        )
         d1 = await endpoints.create_deployment(
-            s, deployment_id="d1", endpoint=ep, version_pk=v.id, alias_used=None, state="not_started"
+            s,
+            deployment_id="d1",
+            endpoint=ep,
+            version_pk=v.id,
+            alias_used=None,
+            state="not_started",
         )
         d2 = await endpoints.create_deployment(
-            s, deployment_id="d2", endpoint=ep, version_pk=v.id, alias_used="prod", state="not_started"
+            s,
+            deployment_id="d2",
+            endpoint=ep,
+            version_pk=v.id,
+            alias_used="prod",
+            state="not_started",
         )
         await endpoints.add_event(s, "d1", "start", "starting replicas")
-        await endpoints.upsert_replica(s, "r1", endpoint_id="acme-tiny", deployment_id="d1", state="starting")
-        await endpoints.upsert_replica(s, "r1", endpoint_id="acme-tiny", deployment_id="d1", state="ready", address="http://127.0.0.1:1")
-    assert d2.seq > d1.seq and d1.version_number == 1 and d1.model_name == "orgs/acme/models/tiny-llama/versions/1"
+        await endpoints.upsert_replica(
+            s, "r1", endpoint_id="acme-tiny", deployment_id="d1", state="starting"
+        )
+        await endpoints.upsert_replica(
+            s,
+            "r1",
+            endpoint_id="acme-tiny",
+            deployment_id="d1",
+            state="ready",
+            address="http://127.0.0.1:1",
+        )
+    assert (
+        d2.seq > d1.seq
+        and d1.version_number == 1
+        and d1.model_name == "orgs/acme/models/tiny-llama/versions/1"
+    )
     async with db.session() as s:
         listed = await endpoints.list_deployments(s, endpoint_id="acme-tiny")
         assert [d.id for d in listed] == ["d2", "d1"]  # newest first
         assert [e.step for e in await endpoints.list_events(s, "d1")] == ["submitted", "start"]
         (replica,) = await endpoints.list_replicas(s, deployment_id="d1")
         assert replica.state == "ready" and replica.address == "http://127.0.0.1:1"
-        assert await endpoints.version_in_use(s, v.id, ["not_started", "in_progress"]) == "acme-tiny"
+        assert (
+            await endpoints.version_in_use(s, v.id, ["not_started", "in_progress"]) == "acme-tiny"
+        )
         await endpoints.set_serving(s, "acme-tiny", "d1")
         await endpoints.update_deployment(s, "d2", state="cancelled")
         await endpoints.update_deployment(s, "d1", state="complete")
-        assert await endpoints.version_in_use(s, v.id, ["not_started", "in_progress"]) == "acme-tiny"
+        assert (
+            await endpoints.version_in_use(s, v.id, ["not_started", "in_progress"]) == "acme-tiny"
+        )
         assert (await endpoints.get_endpoint(s, "acme-tiny")).serving_deployment_id == "d1"
     with pytest.raises(Conflict):
         async with db.session() as s:
-            await endpoints.create_endpoint(s, "acme-tiny", org, "tiny-llama", replicas=1, engine="builtin")
+            await endpoints.create_endpoint(
+                s, "acme-tiny", org, "tiny-llama", replicas=1, engine="builtin"
+            )

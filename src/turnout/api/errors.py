@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +31,9 @@ def _param(loc: Sequence[str | int]) -> str:
 
 def validation_response(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
+    first: dict[str, Any] = (
+        dict(errors[0]) if errors else {"loc": ("body",), "msg": "invalid", "type": ""}
+    )
     if first.get("type") == "json_invalid":
         body = {
             "message": f"request body is not valid JSON ({first.get('ctx', {}).get('error', '')});"
@@ -71,8 +74,8 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"method {request.method} is not allowed on {request.url.path}"
         else:
             message = str(exc.detail)
-        body = {"message": message, "type": "invalid_request_error", "param": None,
-                "code": "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"}  # fmt: skip
+        code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+        body = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 
 from turnout.registry.architectures import get_architecture
 from turnout.registry.sync import SyncConfig, SyncFailed, SyncRequest, sync_weights
@@ -47,7 +48,10 @@ class SyncWorker:
             if version.id not in self._running:
                 task = asyncio.create_task(self._run(version), name=f"sync {version.name}")
                 self._running[version.id] = task
-                task.add_done_callback(lambda _t, vid=version.id: self._running.pop(vid, None))
+                task.add_done_callback(partial(self._forget, version.id))
+
+    def _forget(self, version_id: int, _task: asyncio.Task[None]) -> None:
+        self._running.pop(version_id, None)
 
     async def drain(self) -> None:
         """Wait for every running sync (tests use this for a deterministic end state)."""

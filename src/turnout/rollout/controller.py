@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout.gateway.keys import StaticInferenceKeys
 from turnout.gateway.routing import EndpointRoute, ReplicaRoute, Router, RoutingTable
@@ -163,7 +164,7 @@ class RolloutController:
             self.router.swap(table)
             log.info("published %s", table)
 
-    async def _route(self, s: repo.AsyncSession, endpoint: Endpoint) -> EndpointRoute:
+    async def _route(self, s: AsyncSession, endpoint: Endpoint) -> EndpointRoute:
         serving = endpoint.serving_deployment_id
         deployment = await repo.find_deployment(s, serving) if serving else None
         if deployment is None:
@@ -361,7 +362,8 @@ class RolloutController:
                 raise RolloutAborted(
                     S.FAILED,
                     "readiness_timeout",
-                    f"replica(s) {', '.join(pending)} not ready within {self.config.ready_timeout:g}s",
+                    f"replica(s) {', '.join(pending)} not ready within "
+                    f"{self.config.ready_timeout:g}s (TURNOUT_READY_TIMEOUT)",
                 )
             if pending:
                 await asyncio.sleep(self.config.probe_interval)
@@ -416,7 +418,8 @@ class RolloutController:
                 s,
                 deployment.id,
                 Step.SWITCHED.value,
-                f"traffic switched from {fresh.serving_deployment_id or 'nothing'} to this deployment",
+                f"traffic switched from {fresh.serving_deployment_id or 'nothing'} "
+                "to this deployment",
             )
         await self.publish()
         return old

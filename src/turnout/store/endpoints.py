@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout.errors import Conflict, NotFound
@@ -110,7 +110,7 @@ _DEPLOYMENT_COLUMNS = (
 )
 
 
-def _deployments_query():  # type: ignore[no-untyped-def]  # a Select of 4 columns
+def _deployments_query() -> Select[DeploymentRow, str, str, int]:
     return (
         select(*_DEPLOYMENT_COLUMNS)
         .join(OrgRow, OrgRow.id == DeploymentRow.org_id)

@@ -15,7 +15,6 @@ from turnout.api.schemas.architectures import ArchitectureList
 
 router = APIRouter(prefix="/management/v1", tags=["management"])
 VERSION = "/orgs/{org_name}/models/{model_arch_id}/versions/{version_id}"
-EXCLUDE_NONE = {"response_model_exclude_none": True}
 
 
 @router.get("/orgs/{org_name}/models", summary="List model architectures")
@@ -26,7 +25,7 @@ async def list_architectures(org_name: str, s: ServicesDep, caller: Caller) -> A
 @router.get(
     "/orgs/{org_name}/models/{model_arch_id}/versions",
     summary="List model versions",
-    **EXCLUDE_NONE,
+    response_model_exclude_none=True,
 )
 async def list_versions(
     org_name: str, model_arch_id: str, s: ServicesDep, caller: Caller
@@ -34,7 +33,11 @@ async def list_versions(
     return await s.models.list_versions(caller, org_name, model_arch_id)
 
 
-@router.post("/orgs/{org_name}/models:upload", summary="Upload model version", **EXCLUDE_NONE)
+@router.post(
+    "/orgs/{org_name}/models:upload",
+    summary="Upload model version",
+    response_model_exclude_none=True,
+)
 async def upload(
     org_name: str,
     body: vwire.UploadRequest,
@@ -45,7 +48,7 @@ async def upload(
     return await s.models.upload(caller, org_name, body, idempotency_key)
 
 
-@router.get(VERSION, summary="Retrieve model version status", **EXCLUDE_NONE)
+@router.get(VERSION, summary="Retrieve model version status", response_model_exclude_none=True)
 async def get_version(
     org_name: str, model_arch_id: str, version_id: str, s: ServicesDep, caller: Caller
 ) -> vwire.ModelVersion:
@@ -76,13 +79,17 @@ async def list_endpoints(org_name: str, s: ServicesDep, caller: Caller) -> ewire
     return await s.endpoints.list_endpoints(caller, org_name)
 
 
-@router.get("/endpoints/{endpoint_id}", summary="Retrieve endpoint status", **EXCLUDE_NONE)
+@router.get(
+    "/endpoints/{endpoint_id}", summary="Retrieve endpoint status", response_model_exclude_none=True
+)
 async def endpoint_status(endpoint_id: str, s: ServicesDep, caller: Caller) -> ewire.EndpointStatus:
     return await s.endpoints.status(caller, endpoint_id)
 
 
 @router.post(
-    "/endpoints/{endpoint_id}:deployModel", summary="Deploy model to endpoint", **EXCLUDE_NONE
+    "/endpoints/{endpoint_id}:deployModel",
+    summary="Deploy model to endpoint",
+    response_model_exclude_none=True,
 )
 async def deploy_model(
     endpoint_id: str,
@@ -94,7 +101,11 @@ async def deploy_model(
     return await s.endpoints.deploy(caller, endpoint_id, body.model, idempotency_key)
 
 
-@router.get("/deployments/{deployment_id}", summary="Retrieve deployment status", **EXCLUDE_NONE)
+@router.get(
+    "/deployments/{deployment_id}",
+    summary="Retrieve deployment status",
+    response_model_exclude_none=True,
+)
 async def get_deployment(
     deployment_id: str, s: ServicesDep, caller: Caller
 ) -> dwire.DeploymentOperation:
@@ -102,7 +113,9 @@ async def get_deployment(
 
 
 @router.get(
-    "/endpoints/{endpoint_id}/deployments", summary="List an endpoint's deployments", **EXCLUDE_NONE
+    "/endpoints/{endpoint_id}/deployments",
+    summary="List an endpoint's deployments",
+    response_model_exclude_none=True,
 )
 async def list_deployments(
     endpoint_id: str, s: ServicesDep, caller: Caller
@@ -113,7 +126,7 @@ async def list_deployments(
 @router.post(
     "/endpoints/{endpoint_id}/deployments/{deployment_id}:cancel",
     summary="Cancel a deployment",
-    **EXCLUDE_NONE,
+    response_model_exclude_none=True,
 )
 async def cancel_deployment(
     endpoint_id: str, deployment_id: str, s: ServicesDep, caller: Caller
@@ -122,7 +135,9 @@ async def cancel_deployment(
 
 
 @router.post(
-    "/endpoints/{endpoint_id}:rollback", summary="Roll back to the previous version", **EXCLUDE_NONE
+    "/endpoints/{endpoint_id}:rollback",
+    summary="Roll back to the previous version",
+    response_model_exclude_none=True,
 )
 async def rollback(endpoint_id: str, s: ServicesDep, caller: Caller) -> dwire.DeploymentOperation:
     return await s.endpoints.rollback(caller, endpoint_id)

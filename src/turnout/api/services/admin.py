@@ -135,8 +135,8 @@ class AdminService:
                 wire.ArchOut(
                     arch_id=a.arch_id,
                     description=a.description,
-                    config=dict(a.config),  # type: ignore[arg-type]
-                    serving=dict(a.serving),  # type: ignore[arg-type]
+                    config=dict(a.config),
+                    serving=dict(a.serving),
                 )
                 for a in archs
             ]

@@ -111,7 +111,7 @@ class EndpointsService:
                         model=d.model_name,
                         version_alias=alias,
                         created=d.created,
-                        state=d.state,  # type: ignore[arg-type]
+                        state=d.state,
                         serving=d.id == endpoint.serving_deployment_id,
                         replicas=ewire.ReplicaCounts(
                             ready=sum(r.state == ReplicaState.READY for r in mine), total=len(mine)
