@@ -1,0 +1,457 @@
+"""Client commands (`turnout models|endpoints|deploy|deployments|rollback|chat`): the
+management API and the gateway over HTTP, never the store, so they work against any server.
+
+Exit codes: 0 ok, 1 the operation failed (or the server answered 5xx), 2 the API refused the
+request (4xx; its flat error's message goes to stderr), 3 the server cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from turnout.cli.context import JsonFlag
+
+V1 = "/management/v1"
+EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE = 1, 2, 3
+
+models_app = typer.Typer(
+    help="Model versions: upload, list, aliases, delete.", no_args_is_help=True
+)
+endpoints_app = typer.Typer(help="Endpoints of your org and their status.", no_args_is_help=True)
+deployments_app = typer.Typer(help="An endpoint's deployments.", no_args_is_help=True)
+
+# Progress and errors go to stderr so that stdout carries only the result (JSON for scripts).
+err = Console(stderr=True, soft_wrap=True)
+out = Console()
+
+Url = Annotated[str, typer.Option("--url", envvar="TURNOUT_URL", help="Turnout server URL.")]
+Org = Annotated[str, typer.Option("--org", envvar="TURNOUT_ORG", help="Your org.")]
+Key = Annotated[str, typer.Option("--key", envvar="TURNOUT_MANAGEMENT_KEY", help="Management key.")]
+Wait = Annotated[bool, typer.Option("--wait", help="Follow the operation until it ends.")]
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class Api:
+    """A thin httpx wrapper that turns HTTP outcomes into the CLI's exit codes."""
+
+    def __init__(self, url: str, key: str, timeout: float = 30) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            resp = self.http.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            unreachable(self.url, exc)
+        check(resp)
+        data: dict[str, Any] = resp.json()
+        return data
+
+    @contextmanager
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[httpx.Response]:
+        try:
+            with self.http.stream("POST", path, json=body) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    check(resp)
+                yield resp
+        except httpx.TransportError as exc:
+            unreachable(self.url, exc)
+
+
+def unreachable(url: str, exc: Exception) -> NoReturn:
+    err.print(f"[red]error:[/red] cannot reach Turnout at {url}: {exc}")
+    raise typer.Exit(EXIT_UNREACHABLE)
+
+
+def check(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        message = str(resp.json().get("message") or resp.text)
+    except ValueError:
+        message = resp.text or resp.reason_phrase
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(EXIT_REFUSED if resp.status_code < 500 else EXIT_FAILED)
+
+
+def need(value: str, what: str, env: str) -> str:
+    if not value:
+        err.print(f"[red]error:[/red] no {what}: pass --{what} or set {env}")
+        raise typer.Exit(EXIT_REFUSED)
+    return value
+
+
+def dump(data: dict[str, Any]) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def table(columns: list[str], rows: list[list[object]]) -> None:
+    t = Table(*columns)
+    for row in rows:
+        t.add_row(*["-" if v is None else str(v) for v in row])
+    out.print(t)
+
+
+def tail(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def version_rows(versions: list[dict[str, Any]]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for v in versions:
+        r = v["response"]
+        status = r["sync_status"] + (f" ({v['error']['message']})" if v.get("error") else "")
+        aliases = ", ".join(r["version_aliases"]) or None
+        rows.append([tail(v["name"]), aliases, status, r.get("digest"), r["customer_s3_uri"]])
+    return rows
+
+
+VERSION_COLUMNS = ["version", "aliases", "sync", "digest", "weight_uri"]
+
+
+def version_path(org: str, arch: str, version: str) -> str:
+    return f"{V1}/orgs/{org}/models/{arch}/versions/{version}"
+
+
+# ---------------------------------------------------------------- models
+
+
+@models_app.command("upload")
+def models_upload(
+    arch: str,
+    uri: str,
+    alias: Annotated[list[str] | None, typer.Option("--alias", help="Alias (repeatable).")] = None,
+    suffix: Annotated[str | None, typer.Option("--fingerprint-suffix")] = None,
+    wait: Wait = False,
+    url: Url = DEFAULT_URL,
+    org: Org = "",
+    key: Key = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Upload a model version from URI (s3://, file://, an absolute path, https://, hf://)."""
+    api = Api(url, key)
+    model: dict[str, Any] = {"weight_uri": uri, "version_aliases": alias or []}
+    if suffix:
+        model["system_fingerprint_suffix"] = suffix
+    org = need(org, "org", "TURNOUT_ORG")
+    body = api.call(
+        "POST", f"{V1}/orgs/{org}/models:upload", {"model_arch_id": arch, "model": model}
+    )
+    if wait:
+        body = wait_sync(api, body)
+    dump(body) if as_json else table(VERSION_COLUMNS, version_rows([body]))
+    if body["done"] and body["response"]["sync_status"] == "failed":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def wait_sync(api: Api, body: dict[str, Any], console: Console = err) -> dict[str, Any]:
+    """Poll the version until its sync ends, showing bytes synced; fail with its error."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+    with Progress(*columns, TransferSpeedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(f"syncing {body['name']}", total=None)
+        while not body["done"]:
+            progress = body["response"].get("sync_progress") or {}
+            if progress.get("bytes_total"):
+                bar.update(task, completed=progress["bytes_done"], total=progress["bytes_total"])
+            time.sleep(0.3)
+            body = api.call("GET", f"{V1}/{body['name']}")
+    if body["response"]["sync_status"] == "failed":
+        message = (body.get("error") or {}).get("message", "sync failed")
+        console.print(f"[red]sync failed:[/red] {message}", highlight=False)
+    else:
+        console.print(f"synced {body['name']} ({body['response'].get('digest')})", highlight=False)
+    return body
+
+
+@models_app.command("list")
+def models_list(
+    arch: str, url: Url = DEFAULT_URL, org: Org = "", key: Key = "", as_json: JsonFlag = False
+) -> None:
+    """List the versions of an architecture."""
+    org = need(org, "org", "TURNOUT_ORG")
+    body = Api(url, key).call("GET", f"{V1}/orgs/{org}/models/{arch}/versions")
+    dump(body) if as_json else table(VERSION_COLUMNS, version_rows(body["model_versions"]))
+
+
+@models_app.command("get")
+def models_get(
+    arch: str,
+    version: str,
+    url: Url = DEFAULT_URL,
+    org: Org = "",
+    key: Key = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one version (VERSION is a number or an alias)."""
+    org = need(org, "org", "TURNOUT_ORG")
+    body = Api(url, key).call("GET", version_path(org, arch, version))
+    dump(body) if as_json else table(VERSION_COLUMNS, version_rows([body]))
+
+
+@models_app.command("alias")
+def models_alias(
+    arch: str,
+    version: str,
+    aliases: Annotated[list[str] | None, typer.Argument(help="The new alias set.")] = None,
+    url: Url = DEFAULT_URL,
+    org: Org = "",
+    key: Key = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Replace a version's aliases with ALIASES (none: remove them all)."""
+    org = need(org, "org", "TURNOUT_ORG")
+    body = Api(url, key).call(
+        "PATCH", version_path(org, arch, version), {"version_aliases": aliases or []}
+    )
+    if as_json:
+        dump(body)
+    else:
+        table(["version", "aliases"], [[tail(body["name"]), ", ".join(body["version_aliases"])]])
+
+
+@models_app.command("delete")
+def models_delete(
+    arch: str,
+    version: str,
+    url: Url = DEFAULT_URL,
+    org: Org = "",
+    key: Key = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete a version (refused while it serves or is being deployed)."""
+    org = need(org, "org", "TURNOUT_ORG")
+    body = Api(url, key).call("DELETE", version_path(org, arch, version))
+    dump(body) if as_json else err.print(f"deleted {body['name']}", highlight=False)
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+@endpoints_app.command("list")
+def endpoints_list(
+    url: Url = DEFAULT_URL, org: Org = "", key: Key = "", as_json: JsonFlag = False
+) -> None:
+    """List your org's endpoints."""
+    org = need(org, "org", "TURNOUT_ORG")
+    body = Api(url, key).call("GET", f"{V1}/orgs/{org}/endpoints")
+    if as_json:
+        return dump(body)
+    rows = [[e["endpoint_id"], e["model_arch_id"], e["org_name"]] for e in body["endpoints"]]
+    table(["endpoint", "arch", "org"], rows)
+
+
+@endpoints_app.command("status")
+def endpoints_status(
+    endpoint: str, url: Url = DEFAULT_URL, key: Key = "", as_json: JsonFlag = False
+) -> None:
+    """Show what an endpoint serves and any rollout in progress."""
+    body = Api(url, key).call("GET", f"{V1}/endpoints/{endpoint}")
+    if as_json:
+        return dump(body)
+    out.print(f"[bold]{body['name']}[/bold] ({body['model_arch_id']})")
+    rows = []
+    for m in body["deployed_models"]:
+        reps = m.get("replicas") or {}
+        ready = f"{reps.get('ready')}/{reps.get('total')}" if reps else None
+        serving = "yes" if m.get("serving") else "no"
+        rows.append([m["id"], m["model"], m.get("version_alias"), m["state"], serving, ready])
+    table(["deployment", "model", "alias", "state", "serving", "replicas"], rows)
+
+
+# ---------------------------------------------------------------- deployments
+
+
+DEPLOYMENT_COLUMNS = ["deployment", "version", "alias", "status", "step", "error"]
+
+
+def deployment_row(d: dict[str, Any]) -> list[object]:
+    r = d["response"]
+    error = (d.get("error") or {}).get("message")
+    return [
+        r["deployment_id"],
+        r["version_id"],
+        r.get("version_alias"),
+        r["rollout_status"],
+        r.get("step"),
+        error,
+    ]
+
+
+def show_deployment(api: Api, body: dict[str, Any], wait: bool, as_json: bool) -> None:
+    if wait:
+        body = wait_rollout(api, body)
+    dump(body) if as_json else table(DEPLOYMENT_COLUMNS, [deployment_row(body)])
+    if body["done"] and body["response"]["rollout_status"] != "complete":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def wait_rollout(api: Api, body: dict[str, Any], console: Console = err) -> dict[str, Any]:
+    """Poll the deployment, printing each new rollout event; fail with its error."""
+    seen = 0
+    with console.status(f"deploying {body['response']['deployment_id']}") as status:
+        while True:
+            events = body["response"].get("events") or []
+            for e in events[seen:]:
+                at = time.strftime("%H:%M:%S", time.localtime(e["at"]))
+                console.print(f"  {at} [cyan]{e['step']}[/cyan] {e['message']}", highlight=False)
+            seen = max(seen, len(events))
+            r = body["response"]
+            status.update(
+                f"deployment {r['deployment_id']}: {r['rollout_status']} {r.get('step') or ''}"
+            )
+            if body["done"]:
+                break
+            time.sleep(0.3)
+            body = api.call("GET", f"{V1}/deployments/{body['name']}")
+    if body["response"]["rollout_status"] != "complete":
+        message = (body.get("error") or {}).get("message", "deployment did not complete")
+        console.print(
+            f"[red]{body['response']['rollout_status']}:[/red] {message}", highlight=False
+        )
+    return body
+
+
+def deploy(
+    endpoint: str,
+    model: Annotated[str, typer.Argument(help="ARCH@VERSION or ARCH@ALIAS")],
+    wait: Wait = False,
+    url: Url = DEFAULT_URL,
+    org: Org = "",
+    key: Key = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Deploy a version to an endpoint (zero-downtime rollout)."""
+    if model.startswith("orgs/"):
+        name = model
+    elif "@" in model:
+        arch, _, version = model.partition("@")
+        name = f"orgs/{need(org, 'org', 'TURNOUT_ORG')}/models/{arch}/versions/{version}"
+    else:
+        err.print("[red]error:[/red] MODEL must be ARCH@VERSION or ARCH@ALIAS")
+        raise typer.Exit(EXIT_REFUSED)
+    api = Api(url, key)
+    body = api.call("POST", f"{V1}/endpoints/{endpoint}:deployModel", {"model": name})
+    show_deployment(api, body, wait, as_json)
+
+
+def rollback(
+    endpoint: str,
+    wait: Wait = False,
+    url: Url = DEFAULT_URL,
+    key: Key = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Deploy the endpoint's previously complete version again."""
+    api = Api(url, key)
+    show_deployment(api, api.call("POST", f"{V1}/endpoints/{endpoint}:rollback"), wait, as_json)
+
+
+@deployments_app.command("list")
+def deployments_list(
+    endpoint: str, url: Url = DEFAULT_URL, key: Key = "", as_json: JsonFlag = False
+) -> None:
+    """An endpoint's deployments, newest first."""
+    body = Api(url, key).call("GET", f"{V1}/endpoints/{endpoint}/deployments")
+    dump(body) if as_json else table(
+        DEPLOYMENT_COLUMNS, [deployment_row(d) for d in body["deployments"]]
+    )
+
+
+@deployments_app.command("get")
+def deployments_get(
+    deployment_id: str,
+    wait: Wait = False,
+    url: Url = DEFAULT_URL,
+    key: Key = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """One deployment's status (and, with --wait, follow it to the end)."""
+    api = Api(url, key)
+    show_deployment(api, api.call("GET", f"{V1}/deployments/{deployment_id}"), wait, as_json)
+
+
+@deployments_app.command("cancel")
+def deployments_cancel(
+    endpoint: str,
+    deployment_id: str,
+    url: Url = DEFAULT_URL,
+    key: Key = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Cancel a queued or running deployment; the serving version keeps serving."""
+    body = Api(url, key).call(
+        "POST", f"{V1}/endpoints/{endpoint}/deployments/{deployment_id}:cancel"
+    )
+    dump(body) if as_json else table(DEPLOYMENT_COLUMNS, [deployment_row(body)])
+
+
+# ---------------------------------------------------------------- chat
+
+
+def chat(
+    endpoint: str,
+    prompt: Annotated[str | None, typer.Argument(help="One question; none: a REPL.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens")] = 256,
+    temperature: Annotated[float | None, typer.Option("--temperature", min=0, max=2)] = None,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    url: Url = DEFAULT_URL,
+    key: Annotated[
+        str, typer.Option("--key", envvar="TURNOUT_API_KEY", help="Inference key.")
+    ] = "",
+) -> None:
+    """Chat with an endpoint through the gateway, printing tokens as they stream in."""
+    api = Api(url, key, timeout=300)
+    params: dict[str, Any] = {"max_tokens": max_tokens}
+    if temperature is not None:
+        params["temperature"] = temperature
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    if prompt is not None:
+        stream_reply(api, endpoint, [*history, {"role": "user", "content": prompt}], params)
+        return
+    err.print(f"chatting with {endpoint}; an empty line or Ctrl-D ends", highlight=False)
+    while True:
+        try:
+            line = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line:
+            break
+        history.append({"role": "user", "content": line})
+        answer = stream_reply(api, endpoint, history, params)
+        history.append({"role": "assistant", "content": answer})
+
+
+def stream_reply(
+    api: Api, endpoint: str, messages: list[dict[str, str]], params: dict[str, Any]
+) -> str:
+    body = {"model": endpoint, "messages": messages, "stream": True, **params}
+    parts: list[str] = []
+    with api.stream("/v1/chat/completions", body) as resp:
+        for line in resp.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[len("data:") :].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if "choices" not in chunk:  # an error sent mid-stream
+                err.print(f"[red]error:[/red] {chunk.get('message', data)}", highlight=False)
+                raise typer.Exit(EXIT_FAILED)
+            for choice in chunk["choices"]:
+                text = (choice.get("delta") or {}).get("content") or ""
+                parts.append(text)
+                typer.echo(text, nl=False)
+    typer.echo("")
+    return "".join(parts)

@@ -1,0 +1,1 @@
+"""`turnout demo`: a zero-downtime rollout of a real model, end to end, on one machine."""

@@ -1,0 +1,124 @@
+"""Background clients for the demo: call the endpoint without pause and record every outcome,
+so the summary can show that a rollout under load drops nothing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+QUESTION = "Tell me a fun fact about trains."
+
+
+@dataclass(frozen=True)
+class Outcome:
+    started: float
+    finished: float
+    version: int | None
+    streamed: bool
+    error: str | None
+
+
+class Load:
+    """``streaming + plain`` threads, each calling the gateway in a loop until stopped."""
+
+    def __init__(
+        self, url: str, key: str, endpoint: str, *, streaming: int = 1, plain: int = 2
+    ) -> None:
+        self.url, self.key, self.endpoint = url, key, endpoint
+        self.outcomes: list[Outcome] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i < streaming,), daemon=True)
+            for i in range(streaming + plain)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+    def _run(self, stream: bool) -> None:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        with httpx.Client(base_url=self.url, headers=headers, timeout=120) as http:
+            while not self._stopping.is_set():
+                started = time.time()
+                try:
+                    version, error = self._call(http, stream), None
+                except Exception as exc:  # every failure is an outcome the summary counts
+                    version, error = None, f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    self.outcomes.append(Outcome(started, time.time(), version, stream, error))
+
+    def _call(self, http: httpx.Client, stream: bool) -> int:
+        body = {
+            "model": self.endpoint,
+            "messages": [{"role": "user", "content": QUESTION}],
+            "max_tokens": 16,
+            "stream": stream,
+        }
+        if not stream:
+            resp = http.post("/v1/chat/completions", json=body)
+            resp.raise_for_status()
+            if resp.json()["choices"][0]["finish_reason"] not in ("stop", "length"):
+                raise RuntimeError(f"unexpected finish_reason in {resp.text[:200]}")
+            return int(resp.headers["x-turnout-version"])
+        with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+            resp.raise_for_status()
+            finish = None
+            for line in resp.iter_lines():
+                if not line.startswith("data:") or line.endswith("[DONE]"):
+                    continue
+                chunk = json.loads(line[len("data:") :])
+                for choice in chunk.get("choices") or []:
+                    finish = choice.get("finish_reason") or finish
+            if finish is None:
+                # A stream cut off before its last chunk is a failure the client would see.
+                raise RuntimeError("stream ended without a finish_reason")
+            return int(resp.headers["x-turnout-version"])
+
+
+@dataclass
+class Summary:
+    served: dict[int, int] = field(default_factory=dict)
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    switch_s: float = 0.0
+    #: phase -> (count, p50 seconds, p99 seconds)
+    latency: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(outcomes: list[Outcome], submitted: float, complete: float) -> Summary:
+    """Count requests per version and latency before/during/after the rollout window."""
+    summary = Summary(switch_s=complete - submitted)
+    phases: dict[str, list[float]] = {"before": [], "during": [], "after": []}
+    for o in outcomes:
+        if o.error is not None:
+            summary.failed += 1
+            summary.errors.append(o.error)
+            continue
+        if o.version is not None:
+            summary.served[o.version] = summary.served.get(o.version, 0) + 1
+        phase = (
+            "before" if o.finished < submitted else "after" if o.started > complete else "during"
+        )
+        phases[phase].append(o.finished - o.started)
+    for name, values in phases.items():
+        summary.latency[name] = (len(values), percentile(values, 0.5), percentile(values, 0.99))
+    return summary
