@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from conftest import KEY_A, KEY_B, FakeReplica, GatewayServer, closed_port_address, route, table
+from turnout.gateway.routing import EndpointRoute, ReplicaRoute
 
 Replicas = Callable[[str], FakeReplica]
 Gateway = Callable[..., GatewayServer]
@@ -182,3 +183,47 @@ def test_all_replicas_dead_is_503(gateway: Gateway) -> None:
     r = post(gw, {"model": "ep-1"})
     assert r.status_code == 503
     assert r.json()["code"] == "replica_unreachable"
+
+
+def test_replicas_of_two_versions_answer_with_their_own_labels(
+    replicas: Replicas, gateway: Gateway
+) -> None:
+    """A rolling rollout: one endpoint, one replica per version, each labelled by its own."""
+    old, new = replicas("old"), replicas("new")
+    endpoint = EndpointRoute(
+        "ep-1",
+        "org-a",
+        "dep-1",
+        1,
+        "fp_1111111111",
+        (
+            ReplicaRoute(old.name, old.address),  # the endpoint's own version
+            ReplicaRoute(new.name, new.address, "dep-2", 2, "fp_2222222222_x"),
+        ),
+    )
+    gw = gateway(table(endpoint))
+    expected = {"old": ("dep-1", "1", "fp_1111111111"), "new": ("dep-2", "2", "fp_2222222222_x")}
+
+    served: list[str] = []
+    for stream in (False, False, True, True):
+        r = post(gw, {"model": "ep-1", "messages": [], "stream": stream})
+        assert r.status_code == 200
+        if stream:
+            chunks = events(r.text)
+            name = chunks[0]["choices"][0]["delta"]["content"]
+            fingerprints = {c["system_fingerprint"] for c in chunks}
+        else:
+            name = r.json()["choices"][0]["message"]["content"]
+            fingerprints = {r.json()["system_fingerprint"]}
+        deployment, version, fingerprint = expected[name]
+        assert r.headers["x-turnout-deployment"] == deployment
+        assert r.headers["x-turnout-version"] == version
+        assert fingerprints == {fingerprint}
+        served.append(name)
+    assert sorted(served) == ["new", "new", "old", "old"]  # ties alternate
+
+    text = httpx.get(gw.url + "/metrics").text
+    for version in ("1", "2"):
+        labels = f'endpoint="ep-1",status="200",version="{version}"'
+        assert f"turnout_gateway_requests_total{{{labels}}} 2.0" in text
+        assert f'tokens_total{{endpoint="ep-1",kind="prompt",version="{version}"}} 10.0' in text

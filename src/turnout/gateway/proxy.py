@@ -2,9 +2,9 @@
 
 Per request: authenticate (in-memory key table) → read the body and parse only ``model`` and
 ``stream`` → resolve the endpoint in the current routing table → take the least loaded replica
-→ forward the client's original bytes over a pooled aiohttp session → stream or send back the
-answer with ``model``/``system_fingerprint`` rewritten. Starlette's request/response objects are
-skipped here on purpose: they cost more than the rest of the proxy's own work.
+→ forward the client's original bytes over pooled keep-alive connections (``upstream``) → stream
+or send back the answer with ``model``/``system_fingerprint`` rewritten. Starlette's request and
+response objects are skipped here on purpose: they cost more than the proxy's own work.
 
 Errors the gateway raises itself are :mod:`turnout.errors` classes rendered in the flat body;
 a replica's own 4xx/5xx is passed through unchanged.
@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 import time
-import uuid
 from dataclasses import dataclass
 
-import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from turnout.errors import (
@@ -32,22 +32,23 @@ from turnout.errors import (
     ValidationFailed,
 )
 from turnout.gateway.keys import InferenceKeys
-from turnout.gateway.metrics import EndpointSeries, GatewayMetrics
-from turnout.gateway.rewrite import SSERewriter, Usage, rewrite_json
+from turnout.gateway.metrics import GatewayMetrics
+from turnout.gateway.rewrite import SSERewriter, Usage, loads, rewrite_json
 from turnout.gateway.routing import EndpointRoute, ReplicaRoute, Router
-from turnout.gateway.streaming import Exchange, relay
+from turnout.gateway.streaming import DisconnectWatch, Exchange, Served
+from turnout.gateway.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamUnreachable,
+)
 
 logger = logging.getLogger(__name__)
 
-PROXIED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+# The client's id goes into the request line block sent upstream: visible ASCII only.
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 
-# Failures where the replica cannot have produced anything for the client yet, so the request
-# may go to another replica. A read timeout is not one: the replica may be mid-generation.
-_CONNECT_ERRORS = (
-    aiohttp.ClientOSError,
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ConnectionTimeoutError,
-)
+PROXIED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 class UpstreamTimeout(TurnoutError):
@@ -77,29 +78,14 @@ class Proxy:
         self.keys = keys
         self.metrics = metrics
         self.config = config
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0,  # no pool cap: the replicas' own queues do the admission control
-            keepalive_timeout=60.0,
-            ttl_dns_cache=None,
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self.config.connect_timeout,
-            sock_read=self.config.request_timeout,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            # No Accept-Encoding: replicas answer uncompressed, so bodies can be rewritten
-            # and streamed without a decompression step.
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+        # No pool cap: the replicas' own queues do the admission control.
+        self._pool = UpstreamPool(self.config.connect_timeout, self.config.request_timeout)
 
     async def stop(self) -> None:
         """Named shutdown steps (STYLE 13); uvicorn has already stopped accepting."""
@@ -114,10 +100,10 @@ class Proxy:
                 self.config.drain_timeout,
             )
         left = self._active
-        if self._session is not None:
-            # Closing the session fails the remaining upstream reads, which ends them.
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            # Closing the connections fails the remaining upstream reads, which ends them.
+            self._pool.close()
+            self._pool = None
         logger.info("gateway shutdown: %d finished, %d cut", waiting - left, left)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -187,29 +173,30 @@ class Proxy:
     async def _forward(
         self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...], receive: Receive, send: Send
     ) -> None:
-        series = self.metrics.series(exchange.route.endpoint_id, exchange.route.version_id)
-        series.in_flight.inc()
         self._active += 1
         self._idle.clear()
         status = 499  # nginx's "client closed request" unless the exchange says otherwise
+        watch = DisconnectWatch(receive)
         try:
-            status = await relay(self._exchange(exchange, replicas, series, send), receive)
+            status = await self._exchange(exchange, replicas, send)
+        except asyncio.CancelledError:
+            if not watch.client_left:
+                raise  # a real cancellation (server shutdown), not the client leaving
+            watch.absorb()
         finally:
+            watch.stop()
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
-            series.in_flight.dec()
+            route = exchange.route
+            series = exchange.series or self.metrics.series(route.endpoint_id, route.version_id)
             series.finished(status)
             series.latency.observe(time.perf_counter() - exchange.started)
             if status >= 400:
-                self.metrics.error(exchange.route.endpoint_id, _error_code(status))
+                self.metrics.error(route.endpoint_id, _error_code(status))
 
     async def _exchange(
-        self,
-        exchange: Exchange,
-        replicas: tuple[ReplicaRoute, ...],
-        series: EndpointSeries,
-        send: Send,
+        self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...], send: Send
     ) -> int:
         """Talk to one replica (two on a connect failure); return the status sent."""
         try:
@@ -219,37 +206,55 @@ class Proxy:
             return exc.status
         done = False
         try:
-            ctype = response.headers.get("Content-Type", "application/json")
+            ctype = response.content_type or "application/json"
             if response.status == 200 and ctype.startswith("text/event-stream"):
-                await self._send_stream(exchange, response, ctype, series, send)
+                await self._send_stream(exchange, response, ctype, send)
             else:
-                await self._send_whole(exchange, response, ctype, series, send)
+                await self._send_whole(exchange, response, ctype, send)
             done = True
             return response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             # The answer started but broke off: nothing sane can be sent any more.
             logger.warning(
                 "request %s: replica %s failed mid-response: %r", exchange.request_id, replica, exc
             )
             return 502
         finally:
-            self.router.release(replica)
+            self._give_back(replica, exchange)
             if done:
                 response.release()
             else:
                 # Closing the connection is how the replica learns the client is gone.
                 response.close()
 
+    def _take(
+        self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...], exclude: ReplicaRoute | None
+    ) -> ReplicaRoute:
+        """Acquire a replica; label the exchange with the version that replica runs."""
+        replica = self.router.acquire(replicas, exclude=exclude)
+        route = exchange.route
+        served = Served.by(route, replica)
+        exchange.served = served
+        exchange.series = self.metrics.series(route.endpoint_id, served.version_id)
+        exchange.series.in_flight.inc()
+        return replica
+
+    def _give_back(self, replica: ReplicaRoute, exchange: Exchange) -> None:
+        self.router.release(replica)
+        if exchange.series is not None:
+            exchange.series.in_flight.dec()
+
     async def _open(
         self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...]
-    ) -> tuple[ReplicaRoute, aiohttp.ClientResponse]:
+    ) -> tuple[ReplicaRoute, UpstreamResponse]:
         failed: ReplicaRoute | None = None
         for attempt in (1, 2):
-            replica = self.router.acquire(replicas, exclude=failed)
+            replica = self._take(exchange, replicas, failed)
             try:
                 return replica, await self._post(replica, exchange)
-            except _CONNECT_ERRORS as exc:
-                self.router.release(replica)
+            except UpstreamUnreachable as exc:
+                # The replica cannot have produced anything yet: another one may answer.
+                self._give_back(replica, exchange)
                 logger.warning(
                     "request %s: replica %s unreachable (attempt %d): %r",
                     exchange.request_id,
@@ -260,13 +265,13 @@ class Proxy:
                 failed = replica
                 error: Exception = exc
             except TimeoutError as exc:
-                self.router.release(replica)
+                self._give_back(replica, exchange)
                 raise UpstreamTimeout(
                     f"Endpoint {exchange.route.endpoint_id}'s replica did not answer within "
                     f"{self.config.request_timeout:g}s; retry the request.",
                 ) from exc
             except BaseException:
-                self.router.release(replica)
+                self._give_back(replica, exchange)
                 raise
         raise EndpointNotReady(
             f"Endpoint {exchange.route.endpoint_id}'s replicas could not be reached; "
@@ -274,61 +279,56 @@ class Proxy:
             code="replica_unreachable",
         ) from error
 
-    async def _post(self, replica: ReplicaRoute, exchange: Exchange) -> aiohttp.ClientResponse:
-        if self._session is None:
+    async def _post(self, replica: ReplicaRoute, exchange: Exchange) -> UpstreamResponse:
+        if self._pool is None:
             raise EndpointNotReady("The gateway is shutting down; retry on another gateway.")
-        return await self._session.post(
-            replica.address + exchange.path,
-            data=exchange.body,
-            headers={"Content-Type": "application/json", "X-Request-Id": exchange.request_id},
+        return await self._pool.post(
+            replica.address, exchange.path, exchange.body, exchange.request_id
         )
 
     async def _send_whole(
-        self,
-        exchange: Exchange,
-        response: aiohttp.ClientResponse,
-        ctype: str,
-        series: EndpointSeries,
-        send: Send,
+        self, exchange: Exchange, response: UpstreamResponse, ctype: str, send: Send
     ) -> None:
         body = await response.read()
+        served = _served(exchange)
         if response.status == 200 and ctype.startswith("application/json"):
-            route = exchange.route
-            body, usage = rewrite_json(body, route.endpoint_id, route.fingerprint)
-            _count_tokens(series, usage)
-        headers = exchange.headers(ctype)
+            body, usage = rewrite_json(body, exchange.route.endpoint_id, served.fingerprint)
+            _count_tokens(exchange, usage)
+        headers = served.headers(ctype, exchange.request_id)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _send_stream(
-        self,
-        exchange: Exchange,
-        response: aiohttp.ClientResponse,
-        ctype: str,
-        series: EndpointSeries,
-        send: Send,
+        self, exchange: Exchange, response: UpstreamResponse, ctype: str, send: Send
     ) -> None:
-        headers = exchange.headers(ctype)
+        served = _served(exchange)
+        headers = served.headers(ctype, exchange.request_id)
         headers.append((b"cache-control", b"no-cache"))
         headers.append((b"x-accel-buffering", b"no"))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        rewriter = SSERewriter(exchange.route.endpoint_id, exchange.route.fingerprint)
+        rewriter = SSERewriter(exchange.route.endpoint_id, served.fingerprint)
         first = True
-        async for chunk in response.content.iter_any():
+        while chunk := await response.next_chunk():
             out = rewriter.feed(chunk)
             if not out:
                 continue
             await send({"type": "http.response.body", "body": out, "more_body": True})
-            if first:
-                series.ttft.observe(time.perf_counter() - exchange.started)
+            if first and exchange.series is not None:
+                exchange.series.ttft.observe(time.perf_counter() - exchange.started)
                 first = False
         await send({"type": "http.response.body", "body": rewriter.flush()})
-        _count_tokens(series, rewriter.usage)
+        _count_tokens(exchange, rewriter.usage)
 
 
-def _count_tokens(series: EndpointSeries, usage: Usage | None) -> None:
-    if usage is not None:
+def _served(exchange: Exchange) -> Served:
+    assert exchange.served is not None  # set by Proxy._take before any answer exists
+    return exchange.served
+
+
+def _count_tokens(exchange: Exchange, usage: Usage | None) -> None:
+    series = exchange.series
+    if usage is not None and series is not None:
         series.prompt_tokens.inc(usage.prompt_tokens)
         series.completion_tokens.inc(usage.completion_tokens)
 
@@ -345,9 +345,17 @@ def _read_headers(scope: Scope) -> tuple[str, str | None]:
             scheme, _, credential = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer":
                 token = credential.strip()
-        elif name == b"x-request-id" and 0 < len(value) <= 128:
+        elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
             request_id = value.decode("latin-1")
-    return request_id or uuid.uuid4().hex, token
+    return request_id or _new_request_id(), token
+
+
+def _new_request_id() -> str:
+    """A uuid4 in hex, without the cost of building a ``uuid.UUID``."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -371,7 +379,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 def _parse_request(body: bytes) -> tuple[str, bool]:
     try:
-        payload = json.loads(body)
+        payload = loads(body)
     except ValueError as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc}.") from exc
     if not isinstance(payload, dict):

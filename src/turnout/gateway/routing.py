@@ -22,6 +22,11 @@ from types import MappingProxyType
 class ReplicaRoute:
     replica_id: str
     address: str  #: base URL, e.g. "http://127.0.0.1:8101"
+    # Set when this replica runs another version than its endpoint's (a "rolling" rollout
+    # serves two versions from one endpoint for a while); None: the endpoint's value holds.
+    deployment_id: str | None = None
+    version_id: int | None = None
+    fingerprint: str | None = None
 
     def __str__(self) -> str:
         return f"{self.replica_id}@{self.address}"
