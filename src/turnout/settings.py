@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     drain_timeout: float = 60.0
     #: Device for built-in engine replicas: cpu or cuda.
     device: str = "cpu"
+    #: Replicas this machine can run at once (e.g. its GPUs); 0 = no limit. A rollout that
+    #: cannot surge under it replaces replicas one at a time (rolling).
+    max_replicas: int = 0
+    #: JSON file of extra engine command templates (see docs/engines.md).
+    engine_templates: Path | None = None
 
     @field_validator("allowed_local_roots", "allowed_hosts", mode="before")
     @classmethod

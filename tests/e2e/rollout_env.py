@@ -76,7 +76,7 @@ def wait_until(fetch: Any, done: Any, timeout: float = 120, interval: float = 0.
 
 
 def make_deployed(
-    root: Path, tiny_model: TinyModelFactory, env: dict[str, str] | None = None
+    root: Path, tiny_model: TinyModelFactory, env: dict[str, str] | None = None, replicas: int = 1
 ) -> Deployed:
     weights = root / "weights-in"
     for seed in (1, 2):
@@ -89,7 +89,10 @@ def make_deployed(
         "admin", "key", "create", "--org", "acme", "--kind", "management"
     ).stdout.strip()
     ik = server.cli("admin", "key", "create", "--org", "acme", "--kind", "inference").stdout.strip()
-    server.cli("admin", "endpoint", "create", "acme-tiny", "--org", "acme", "--arch", "tiny-llama")
+    server.cli(
+        "admin", "endpoint", "create", "acme-tiny", "--org", "acme", "--arch", "tiny-llama",
+        "--replicas", str(replicas),
+    )  # fmt: skip
     server.start()
     deployed = Deployed(server, mk, ik, "acme-tiny")
     deployed.upload("v1", weights / "seed1")

@@ -20,8 +20,11 @@ def free_port() -> int:
 
 
 class TurnoutServer:
-    def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, env: dict[str, str] | None = None, role: str = "all"
+    ) -> None:
         self.data_dir = data_dir
+        self.role = role
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "TURNOUT_DATA_DIR": str(data_dir), **(env or {})}
@@ -45,7 +48,8 @@ class TurnoutServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "turnout.cli.main", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "turnout.cli.main", "serve", "--port", str(self.port)]
+            + ["--role", self.role],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -10,6 +10,7 @@ import typer
 from turnout.api.schemas.admin import EndpointCreate
 from turnout.api.services.admin import AdminService
 from turnout.cli.context import DataDir, JsonFlag, emit, load_settings, run_or_exit
+from turnout.placement.engines import EngineCatalog
 from turnout.store.db import Database
 
 app = typer.Typer(help="Operator commands on the store: orgs, keys, architectures, endpoints.")
@@ -32,7 +33,7 @@ def _with_admin(data_dir: DataDir, action: Callable[[AdminService], Awaitable[T]
         db = Database(settings.resolved_database_url())
         try:
             await db.migrate()
-            service = AdminService(db)
+            service = AdminService(db, EngineCatalog.from_file(settings.engine_templates))
             await service.seed()
             return await action(service)
         finally:
@@ -114,7 +115,10 @@ def endpoint_create(
     org: Annotated[str, typer.Option("--org")],
     arch: Annotated[str, typer.Option("--arch")],
     replicas: Annotated[int, typer.Option("--replicas", min=1, max=64)] = 1,
-    engine: Annotated[str, typer.Option("--engine")] = "builtin",
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="builtin, vllm, sglang or a configured template"),
+    ] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:

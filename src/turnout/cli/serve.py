@@ -14,17 +14,30 @@ def serve(
     host: Annotated[str, typer.Option("--host", envvar="TURNOUT_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", envvar="TURNOUT_PORT")] = 8080,
     data_dir: DataDir = None,
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            envvar="TURNOUT_ROLE",
+            help="all (one process), or one of api, gateway, worker (many, in front of PostgreSQL)",
+        ),
+    ] = "all",
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
-    """Run Turnout: /management/v1, /admin/v1 and the background workers."""
+    """Run Turnout: /management/v1, /admin/v1, the /v1 gateway and the background workers."""
     import uvicorn
 
-    from turnout.api.app import create_app
+    from turnout.server import Role, create_server_app
+
+    try:
+        chosen = Role(role)
+    except ValueError:
+        raise typer.BadParameter(f"--role must be one of {', '.join(Role)}") from None
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = load_settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    app = create_server_app(settings, chosen)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)

@@ -1,12 +1,25 @@
-"""Named engine command templates an endpoint can run its replicas with."""
+"""Engine command templates an endpoint's replicas can run with.
+
+Built in: ``builtin`` (Turnout's torch engine), ``vllm`` and ``sglang``. Operators add or
+override templates with a JSON file (``TURNOUT_ENGINE_TEMPLATES``)::
+
+    {"vllm-tp2": {"argv": ["vllm", "serve", "{model_dir}", "--port", "{port}",
+                           "--served-model-name", "{served_name}", "--tensor-parallel-size", "2"],
+                  "health_path": "/health", "ready_path": "/health"}}
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
 from typing import Final
 
+from turnout.errors import ConfigError
 from turnout.placement.base import BUILTIN_ENGINE, EngineCommand
 
-ENGINES: Final[dict[str, EngineCommand]] = {
+BUILTIN_ENGINES: Final[Mapping[str, EngineCommand]] = MappingProxyType({
     "builtin": BUILTIN_ENGINE,
     "vllm": EngineCommand(
         argv=(
@@ -24,12 +37,56 @@ ENGINES: Final[dict[str, EngineCommand]] = {
         health_path="/health",
         ready_path="/health_generate",
     ),
-}  # fmt: skip
+})  # fmt: skip
+
+PLACEHOLDERS: Final = frozenset({"model_dir", "port", "host", "served_name", "device", "python"})
 
 
-def known_engines() -> list[str]:
-    return sorted(ENGINES)
+class EngineCatalog:
+    """The engines this deployment knows: the built-in templates plus the operator's."""
+
+    def __init__(self, extra: Mapping[str, EngineCommand] | None = None) -> None:
+        self._engines = {**BUILTIN_ENGINES, **(extra or {})}
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> EngineCatalog:
+        if path is None:
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"TURNOUT_ENGINE_TEMPLATES {path}: cannot read JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"TURNOUT_ENGINE_TEMPLATES {path}: expected an object of engines")
+        return cls({name: _command(path, name, spec) for name, spec in raw.items()})
+
+    def names(self) -> list[str]:
+        return sorted(self._engines)
+
+    def command(self, name: str) -> EngineCommand:
+        try:
+            return self._engines[name]
+        except KeyError:
+            raise ConfigError(
+                f"engine {name!r} is not configured; known: {', '.join(self.names())}"
+            ) from None
 
 
-def engine_command(name: str) -> EngineCommand:
-    return ENGINES[name]
+def _command(path: Path, name: str, spec: object) -> EngineCommand:
+    where = f"TURNOUT_ENGINE_TEMPLATES {path}: engine {name!r}"
+    if not isinstance(spec, dict) or not isinstance(spec.get("argv"), list) or not spec["argv"]:
+        raise ConfigError(f"{where} needs a non-empty 'argv' list")
+    argv = tuple(str(a) for a in spec["argv"])
+    for arg in argv:
+        try:
+            arg.format_map({k: "" for k in PLACEHOLDERS})
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ConfigError(
+                f"{where}: argument {arg!r} uses an unknown placeholder ({exc}); "
+                f"use {', '.join('{' + p + '}' for p in sorted(PLACEHOLDERS))}"
+            ) from exc
+    return EngineCommand(
+        argv=argv,
+        health_path=str(spec.get("health_path", "/health")),
+        ready_path=str(spec.get("ready_path", spec.get("health_path", "/health"))),
+    )

@@ -4,6 +4,10 @@
 the intent, act, record the result. Each endpoint's deployments run one at a time, first in
 first out, each in its own task (a rollout waits minutes for weights to load). Every step is
 written to the store before it acts, so :meth:`recover` can finish or undo it after a crash.
+
+Strategies: ``surge`` starts the whole new replica set next to the old one and switches all
+traffic at once; ``rolling`` (when the placement has no room for a full surge and the endpoint
+has more than one replica) replaces one replica at a time behind the same gates.
 """
 
 from __future__ import annotations
@@ -11,23 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass
-from pathlib import Path
-from types import MappingProxyType
-
-import httpx
-from sqlalchemy.ext.asyncio import AsyncSession
+from dataclasses import dataclass, field
 
 from turnout.gateway.keys import StaticInferenceKeys
-from turnout.gateway.routing import EndpointRoute, ReplicaRoute, Router, RoutingTable
-from turnout.placement.base import Placement, ReplicaHandle, ReplicaSpec, ReplicaState
-from turnout.placement.engines import engine_command
-from turnout.rollout.states import (
-    ACTIVE,
-    SWITCHED_STEPS,
-    DeploymentState,
-    Step,
-)
+from turnout.placement.base import Placement, ReplicaHandle, ReplicaState
+from turnout.placement.engines import EngineCatalog
+from turnout.rollout.replicas import GateConfig, GateFailed, Replicas
+from turnout.rollout.routes import RouteSink, build_routes
+from turnout.rollout.states import ACTIVE, SWITCHED_STEPS, DeploymentState, Step
 from turnout.store import endpoints as repo
 from turnout.store import tenants, versions
 from turnout.store.db import Database
@@ -36,15 +31,19 @@ from turnout.store.records import Deployment, Endpoint, KeyKind, Replica
 log = logging.getLogger(__name__)
 
 S = DeploymentState
+GONE = (ReplicaState.FAILED.value, ReplicaState.STOPPED.value)
 
 
 @dataclass(frozen=True, slots=True)
 class RolloutConfig:
+    engines: EngineCatalog = field(default_factory=EngineCatalog)
     ready_timeout: float = 600.0
     drain_timeout: float = 60.0
     stop_timeout: float = 15.0
     probe_interval: float = 0.2
     device: str = "cpu"
+    #: Replicas the placement can run at once (0: no limit). Decides surge vs rolling.
+    max_replicas: int = 0
 
 
 class RolloutAborted(Exception):
@@ -60,19 +59,31 @@ class RolloutController:
         self,
         db: Database,
         placement: Placement,
-        router: Router,
+        sink: RouteSink,
         keys: StaticInferenceKeys,
         config: RolloutConfig,
     ) -> None:
         self.db = db
-        self.placement = placement
-        self.router = router
+        self.sink = sink
         self.keys = keys
         self.config = config
+        self.replicas = Replicas(
+            db,
+            placement,
+            GateConfig(
+                config.engines,
+                config.ready_timeout,
+                config.probe_interval,
+                config.stop_timeout,
+                config.device,
+            ),
+        )
+        self.placement = placement
         self.wakeup = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[None]] = {}  # endpoint id -> its running rollout
-        self._handles: dict[str, ReplicaHandle] = {}  # replica id -> handle
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # endpoint id -> its running work
+        #: Endpoints whose last replacement failed: not retried before their next rollout, so
+        #: a broken version cannot starve the deployment that would fix it.
+        self._heal_failed: set[str] = set()
 
     def notify(self) -> None:
         self.wakeup.set()
@@ -84,13 +95,14 @@ class RolloutController:
         async with self.db.session() as s:
             active = await repo.list_deployments(s, states=[a.value for a in ACTIVE])
             self.keys.replace(await tenants.active_key_hashes(s, KeyKind.INFERENCE))
-        # 2. Decide: the oldest active deployment of each idle endpoint runs next (FIFO).
+        # 2. Observe serving replicas; replacing lost ones comes first (service before change).
+        await self._observe_serving()
+        await self._heal_serving()
+        # 3. Decide: the oldest active deployment of each idle endpoint runs next (FIFO).
         for deployment in sorted(active, key=lambda d: d.seq):
             if deployment.endpoint_id not in self._tasks:
                 self._launch(self._rollout(deployment), deployment.endpoint_id, deployment.id)
-        await self._heal_serving()
-        # 3. Observe serving replicas and publish what is ready.
-        await self._observe_serving()
+        # 4. Publish what is ready.
         await self.publish()
 
     def _launch(self, work: Coroutine[None, None, None], endpoint_id: str, what: str) -> None:
@@ -103,18 +115,30 @@ class RolloutController:
 
         task.add_done_callback(finished)
 
-    async def idle(self) -> None:
-        """Run passes until no rollout is running (tests use this; production uses the loop)."""
-        await self.reconcile()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
-            await self.reconcile()
-
     async def close(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
-        await self._http.aclose()
+        await self.replicas.close()
+
+    async def publish(self) -> None:
+        """Build the routing table from the store and swap it in if it changed."""
+        async with self.db.session() as s:
+            routes = await build_routes(s)
+        await self.sink.publish(routes)
+
+    async def _observe_serving(self) -> None:
+        """Record what the placement says about serving replicas (crashed, restarted, failed)."""
+        async with self.db.session() as s:
+            serving = {e.serving_deployment_id for e in await repo.list_endpoints(s)}
+            replicas = [r for r in await repo.list_replicas(s) if r.deployment_id in serving]
+        for replica in replicas:
+            handle = self.replicas.handles.get(replica.id)
+            if handle is None or replica.state == ReplicaState.DRAINING:
+                continue
+            status = await self.placement.probe(handle)
+            if status.state.value != replica.state:
+                await self.replicas.set_state(replica, status.state, status.error)
 
     async def _heal_serving(self) -> None:
         """Replace serving replicas that are gone (crashed for good, or lost in a restart)."""
@@ -123,131 +147,69 @@ class RolloutController:
             replicas = await repo.list_replicas(s)
         for endpoint in endpoints:
             serving = endpoint.serving_deployment_id
-            if serving is None or endpoint.endpoint_id in self._tasks:
+            if (
+                serving is None
+                or endpoint.endpoint_id in self._tasks
+                or endpoint.endpoint_id in self._heal_failed
+            ):
                 continue
             mine = [r for r in replicas if r.deployment_id == serving]
-            gone = [r for r in mine if r.state in (ReplicaState.FAILED, ReplicaState.STOPPED)]
-            missing = endpoint.replicas - (len(mine) - len(gone))
-            if missing > 0:
-                self._launch(
-                    self._heal(endpoint, serving, gone, missing), endpoint.endpoint_id, "heal"
-                )
+            gone = [r for r in mine if r.state in GONE]
+            if endpoint.replicas > len(mine) - len(gone):
+                self._launch(self._heal(endpoint, serving, gone), endpoint.endpoint_id, "heal")
 
-    async def _heal(
-        self, endpoint: Endpoint, deployment_id: str, gone: list[Replica], missing: int
-    ) -> None:
-        await self._stop_replicas(gone)
+    async def _heal(self, endpoint: Endpoint, deployment_id: str, gone: list[Replica]) -> None:
+        await self.replicas.stop(gone)
         async with self.db.session() as s:
             deployment = await repo.get_deployment(s, deployment_id)
-            taken = {r.id for r in await repo.list_replicas(s, deployment_id=deployment_id)}
+            live = await repo.list_replicas(s, deployment_id=deployment_id)
+            version = await versions.get_version_by_pk(s, deployment.version_id)
+        if version is None or not version.weight_path:
+            return
+        missing = endpoint.replicas - len(live)
         log.info("endpoint %s: starting %d replacement replica(s)", endpoint.endpoint_id, missing)
-        handles = await self._start_replicas(deployment, endpoint, count=missing, taken=taken)
-        try:
-            await self._wait_ready(None, handles)
-        except RolloutAborted as exc:
-            log.warning("endpoint %s: replacement failed: %s", endpoint.endpoint_id, exc.message)
-            for handle in handles:
-                await self._set_replica_state(handle.replica_id, ReplicaState.FAILED, exc.message)
-        await self.publish()
-
-    # -- routing table ----------------------------------------------------------------------
-
-    async def publish(self) -> None:
-        """Build the routing table from the store and swap it in if it changed."""
-        routes: dict[str, EndpointRoute] = {}
-        async with self.db.session() as s:
-            for endpoint in await repo.list_endpoints(s):
-                routes[endpoint.endpoint_id] = await self._route(s, endpoint)
-        current = self.router.current()
-        if dict(current.endpoints) != routes:
-            table = RoutingTable(MappingProxyType(routes), current.generation + 1)
-            self.router.swap(table)
-            log.info("published %s", table)
-
-    async def _route(self, s: AsyncSession, endpoint: Endpoint) -> EndpointRoute:
-        serving = endpoint.serving_deployment_id
-        deployment = await repo.find_deployment(s, serving) if serving else None
-        if deployment is None:
-            return EndpointRoute(endpoint.endpoint_id, endpoint.org_name, None, None, None, ())
-        version = await versions.get_version_by_pk(s, deployment.version_id)
-        replicas = tuple(
-            ReplicaRoute(r.id, r.address)
-            for r in await repo.list_replicas(s, deployment_id=deployment.id)
-            if r.state == ReplicaState.READY and r.address
-        )
-        return EndpointRoute(
-            endpoint.endpoint_id,
-            endpoint.org_name,
-            deployment.id,
-            deployment.version_number,
-            version.fingerprint if version else None,
-            replicas,
-        )
-
-    async def _observe_serving(self) -> None:
-        """Record what the placement says about serving replicas (crashed, restarted, failed)."""
-        async with self.db.session() as s:
-            serving = {
-                e.serving_deployment_id
-                for e in await repo.list_endpoints(s)
-                if e.serving_deployment_id
-            }
-            replicas = [r for r in await repo.list_replicas(s) if r.deployment_id in serving]
-        for replica in replicas:
-            handle = self._handles.get(replica.id)
-            if handle is None:
-                continue
-            status = await self.placement.probe(handle)
-            if status.state.value != replica.state:
-                async with self.db.session() as s:
-                    await repo.upsert_replica(
-                        s,
-                        replica.id,
-                        endpoint_id=replica.endpoint_id,
-                        deployment_id=replica.deployment_id,
-                        state=status.state.value,
-                        error=status.error,
-                    )
+        for _ in range(missing):
+            taken = {r.id for r in live} | set(self.replicas.handles)
+            handle = await self.replicas.start(deployment, endpoint, version.weight_path, taken)
+            await self._gate_and_serve(deployment, endpoint, [handle], heal=True)
+            async with self.db.session() as s:
+                live = await repo.list_replicas(s, deployment_id=deployment_id)
 
     # -- one rollout --------------------------------------------------------------------------
 
     async def _rollout(self, deployment: Deployment) -> None:
-        started: list[ReplicaHandle] = []
+        self._heal_failed.discard(deployment.endpoint_id)
         try:
-            endpoint = await self._begin(deployment)
-            started = await self._start_replicas(deployment, endpoint)
-            await self._wait_ready(deployment, started)
-            await self._warm_up(deployment, started, endpoint)
-            old = await self._switch(deployment, endpoint)
-            await self._drain(deployment, old)
+            endpoint, weight_path = await self._begin(deployment)
+            if await self._must_roll(endpoint):
+                await self._rolling(deployment, endpoint, weight_path)
+            else:
+                await self._surge(deployment, endpoint, weight_path)
             await self._complete(deployment)
         except RolloutAborted as exc:
-            await self._abort(deployment, started, exc)
+            await self._abort(deployment, exc)
         except Exception as exc:  # a bug must not leave the deployment running forever
             log.exception("rollout %s crashed", deployment.id)
             await self._abort(
-                deployment,
-                started,
-                RolloutAborted(S.FAILED, "internal_error", f"internal error: {exc}"),
+                deployment, RolloutAborted(S.FAILED, "internal_error", f"internal error: {exc}")
             )
 
-    async def _event(self, deployment_id: str, step: Step, message: str, **fields: str) -> None:
+    async def _event(self, deployment_id: str, step: Step, message: str) -> None:
         async with self.db.session() as s:
-            await repo.update_deployment(s, deployment_id, step=step.value, **fields)
+            await repo.update_deployment(s, deployment_id, step=step.value)
             await repo.add_event(s, deployment_id, step.value, message)
         log.info("deployment %s: %s: %s", deployment_id, step.value, message)
 
-    async def _current_state(self, deployment_id: str) -> DeploymentState:
-        async with self.db.session() as s:
-            return DeploymentState((await repo.get_deployment(s, deployment_id)).state)
-
     async def _check_not_cancelled(self, deployment_id: str) -> None:
-        if await self._current_state(deployment_id) is S.CANCELLED:
+        async with self.db.session() as s:
+            state = DeploymentState((await repo.get_deployment(s, deployment_id)).state)
+        if state is S.CANCELLED:
             raise RolloutAborted(S.CANCELLED, "cancelled", "cancelled by request")
 
-    async def _begin(self, deployment: Deployment) -> Endpoint:
+    async def _begin(self, deployment: Deployment) -> tuple[Endpoint, str]:
         async with self.db.session() as s:
             endpoint = await repo.get_endpoint(s, deployment.endpoint_id)
+            version = await versions.get_version_by_pk(s, deployment.version_id)
             moved = await repo.compare_and_set_state(
                 s,
                 deployment.id,
@@ -257,143 +219,109 @@ class RolloutController:
             )
         if not moved:
             raise RolloutAborted(S.CANCELLED, "cancelled", "cancelled before it started")
-        return endpoint
-
-    async def _start_replicas(
-        self,
-        deployment: Deployment,
-        endpoint: Endpoint,
-        *,
-        count: int | None = None,
-        taken: set[str] | frozenset[str] = frozenset(),
-    ) -> list[ReplicaHandle]:
-        async with self.db.session() as s:
-            version = await versions.get_version_by_pk(s, deployment.version_id)
         if version is None or not version.weight_path:
             raise RolloutAborted(
                 S.FAILED, "version_missing", f"{deployment.model_name} has no weights"
             )
-        wanted = endpoint.replicas if count is None else count
-        if count is None:
-            await self._event(
-                deployment.id,
-                Step.STARTING,
-                f"starting {wanted} replica(s) of {deployment.model_name} next to the serving ones",
-            )
-        handles: list[ReplicaHandle] = []
-        index = 0
-        while len(handles) < wanted:
-            replica_id = f"{endpoint.endpoint_id}-{deployment.id[:8]}-{index}"
-            index += 1
-            if replica_id in taken:
-                continue
-            spec = ReplicaSpec(
-                replica_id=replica_id,
-                endpoint_id=endpoint.endpoint_id,
-                deployment_id=deployment.id,
-                model_dir=Path(version.weight_path),
-                served_name=endpoint.endpoint_id,
-                engine=engine_command(endpoint.engine),
-                device=self.config.device,
-            )
-            # Persist the intent first: after a crash, recover() finds and stops this replica.
-            await self._save_replica(spec, ReplicaState.STARTING)
-            handle = await self.placement.start(spec)
-            self._handles[replica_id] = handle
-            handles.append(handle)
-            await self._save_replica(spec, ReplicaState.STARTING, handle)
-        return handles
+        return endpoint, version.weight_path
 
-    async def _save_replica(
-        self,
-        spec: ReplicaSpec,
-        state: ReplicaState,
-        handle: ReplicaHandle | None = None,
-        error: str | None = None,
-    ) -> None:
+    async def _must_roll(self, endpoint: Endpoint) -> bool:
+        """True when a full surge does not fit the placement's capacity."""
+        if not self.config.max_replicas:
+            return False
         async with self.db.session() as s:
-            await repo.upsert_replica(
-                s,
-                spec.replica_id,
-                endpoint_id=spec.endpoint_id,
-                deployment_id=spec.deployment_id,
-                state=state.value,
-                address=handle.address if handle else None,
-                pid=handle.pid if handle else None,
-                error=error,
-            )
-
-    async def _set_replica_state(
-        self, replica_id: str, state: ReplicaState, error: str | None = None
-    ) -> None:
-        async with self.db.session() as s:
-            for r in await repo.list_replicas(s):
-                if r.id == replica_id:
-                    await repo.upsert_replica(
-                        s,
-                        r.id,
-                        endpoint_id=r.endpoint_id,
-                        deployment_id=r.deployment_id,
-                        state=state.value,
-                        error=error,
-                    )
-
-    async def _wait_ready(
-        self, deployment: Deployment | None, handles: list[ReplicaHandle]
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.ready_timeout
-        pending = {h.replica_id: h for h in handles}
-        while pending:
-            if deployment is not None:
-                await self._check_not_cancelled(deployment.id)
-            for replica_id, handle in list(pending.items()):
-                status = await self.placement.probe(handle)
-                if status.state is ReplicaState.READY:
-                    del pending[replica_id]
-                    await self._set_replica_state(replica_id, ReplicaState.READY)
-                elif status.state in (ReplicaState.FAILED, ReplicaState.STOPPED):
-                    raise RolloutAborted(
-                        S.FAILED,
-                        "replica_failed",
-                        f"replica {replica_id} failed to start: {status.error or status.state}",
-                    )
-            if pending and loop.time() > deadline:
-                raise RolloutAborted(
-                    S.FAILED,
-                    "readiness_timeout",
-                    f"replica(s) {', '.join(pending)} not ready within "
-                    f"{self.config.ready_timeout:g}s (TURNOUT_READY_TIMEOUT)",
-                )
-            if pending:
-                await asyncio.sleep(self.config.probe_interval)
-
-    async def _warm_up(
-        self, deployment: Deployment, handles: list[ReplicaHandle], endpoint: Endpoint
-    ) -> None:
-        await self._event(
-            deployment.id, Step.WARMING, "readiness passed; one warm-up generation per replica"
+            running = [r for r in await repo.list_replicas(s) if r.state not in GONE]
+        if len(running) + endpoint.replicas <= self.config.max_replicas:
+            return False
+        if endpoint.replicas > 1:
+            return True
+        raise RolloutAborted(
+            S.FAILED,
+            "no_capacity",
+            f"no room to start a replica next to the serving one ({len(running)} of "
+            f"TURNOUT_MAX_REPLICAS={self.config.max_replicas} run); "
+            "raise the limit or free a replica",
         )
-        for handle in handles:
-            try:
-                resp = await self._http.post(
-                    f"{handle.address}/v1/completions",
-                    json={"model": endpoint.endpoint_id, "prompt": "Hello", "max_tokens": 1},
-                )
-                resp.raise_for_status()
-                usage = resp.json().get("usage") or {}
-            except (httpx.HTTPError, ValueError) as exc:
-                raise RolloutAborted(
-                    S.FAILED,
-                    "warmup_failed",
-                    f"warm-up generation on {handle.replica_id} failed: {exc}",
-                ) from exc
-            if int(usage.get("completion_tokens", 0)) < 1:
-                raise RolloutAborted(
-                    S.FAILED,
-                    "warmup_failed",
-                    f"warm-up generation on {handle.replica_id} returned no tokens",
-                )
+
+    async def _gate_and_serve(
+        self, deployment: Deployment, endpoint: Endpoint, handles: list[ReplicaHandle], heal: bool
+    ) -> None:
+        """Gates, then mark the replicas ready (which puts them in the routing table as soon as
+        their deployment is routed)."""
+
+        async def still_wanted() -> None:
+            if not heal:
+                await self._check_not_cancelled(deployment.id)
+
+        try:
+            await self.replicas.gate(handles, endpoint.endpoint_id, still_wanted)
+        except GateFailed as exc:
+            if heal:
+                log.warning("endpoint %s: replacement failed: %s", endpoint.endpoint_id, exc)
+                self._heal_failed.add(endpoint.endpoint_id)
+                await self._mark(handles, ReplicaState.FAILED, exc.message)
+                return
+            raise RolloutAborted(S.FAILED, exc.code, exc.message) from exc
+        await self._mark(handles, ReplicaState.READY)
+        await self.publish()
+
+    async def _mark(
+        self, handles: list[ReplicaHandle], state: ReplicaState, error: str | None = None
+    ) -> None:
+        ids = {h.replica_id for h in handles}
+        async with self.db.session() as s:
+            rows = [r for r in await repo.list_replicas(s) if r.id in ids]
+        for row in rows:
+            await self.replicas.set_state(row, state, error)
+
+    async def _old_replicas(self, deployment: Deployment) -> list[Replica]:
+        async with self.db.session() as s:
+            return [
+                r
+                for r in await repo.list_replicas(s, endpoint_id=deployment.endpoint_id)
+                if r.deployment_id != deployment.id
+            ]
+
+    async def _surge(self, deployment: Deployment, endpoint: Endpoint, weight_path: str) -> None:
+        await self._event(
+            deployment.id,
+            Step.STARTING,
+            f"surge: starting {endpoint.replicas} replica(s) of {deployment.model_name} "
+            "next to the serving ones",
+        )
+        handles: list[ReplicaHandle] = []
+        for _ in range(endpoint.replicas):
+            taken = {h.replica_id for h in handles}
+            handles.append(await self.replicas.start(deployment, endpoint, weight_path, taken))
+        await self._event(deployment.id, Step.WARMING, "waiting for readiness and a warm-up")
+        await self._gate_and_serve(deployment, endpoint, handles, heal=False)
+        old = await self._switch(deployment, endpoint)
+        await self._drain(deployment, old)
+
+    async def _rolling(self, deployment: Deployment, endpoint: Endpoint, weight_path: str) -> None:
+        await self._event(
+            deployment.id,
+            Step.ROLLING,
+            f"rolling: replacing {endpoint.replicas} replica(s) one at a time "
+            f"(no room to surge under TURNOUT_MAX_REPLICAS={self.config.max_replicas})",
+        )
+        started: set[str] = set()
+        for _ in range(endpoint.replicas):
+            await self._check_not_cancelled(deployment.id)
+            old = [r for r in await self._old_replicas(deployment) if r.state not in GONE]
+            async with self.db.session() as s:
+                running = [r for r in await repo.list_replicas(s) if r.state not in GONE]
+            if old and len(running) >= self.config.max_replicas:
+                # No spare slot: take one old replica out of rotation first.
+                await self._drain(deployment, old[:1], Step.ROLLING)
+                old = old[1:]
+            handle = await self.replicas.start(deployment, endpoint, weight_path, started)
+            started.add(handle.replica_id)
+            await self._gate_and_serve(deployment, endpoint, [handle], heal=False)
+            if old and len(started) + len(old) > endpoint.replicas:
+                await self._drain(deployment, old[:1], Step.ROLLING)
+        old = await self._switch(deployment, endpoint)
+        await self._drain(deployment, old)
 
     async def _switch(self, deployment: Deployment, endpoint: Endpoint) -> list[Replica]:
         async with self.db.session() as s:
@@ -407,47 +335,38 @@ class RolloutController:
             )
             if not switched:
                 raise RolloutAborted(S.CANCELLED, "cancelled", "cancelled by request")
-            fresh = await repo.get_endpoint(s, endpoint.endpoint_id)
-            old = [
-                r
-                for r in await repo.list_replicas(s, endpoint_id=endpoint.endpoint_id)
-                if r.deployment_id != deployment.id
-            ]
+            before = (await repo.get_endpoint(s, endpoint.endpoint_id)).serving_deployment_id
             await repo.set_serving(s, endpoint.endpoint_id, deployment.id)
             await repo.add_event(
                 s,
                 deployment.id,
                 Step.SWITCHED.value,
-                f"traffic switched from {fresh.serving_deployment_id or 'nothing'} "
-                "to this deployment",
+                f"traffic switched from {before or 'nothing'} to this deployment",
             )
         await self.publish()
-        return old
+        return await self._old_replicas(deployment)
 
-    async def _drain(self, deployment: Deployment, old: list[Replica]) -> None:
+    async def _drain(
+        self, deployment: Deployment, old: list[Replica], step: Step = Step.DRAINING
+    ) -> None:
+        """Take replicas out of rotation, wait for their in-flight requests, stop them."""
         if not old:
+            # Nothing to stop, but gateways in other processes must serve the new table before
+            # the deployment counts as complete.
+            await self.sink.wait_drained([], self.config.drain_timeout)
             return
         await self._event(
             deployment.id,
-            Step.DRAINING,
+            step,
             f"draining {len(old)} old replica(s); in-flight requests finish",
         )
         for replica in old:
-            await self._set_replica_state(replica.id, ReplicaState.DRAINING)
-        drained = await self.router.wait_drained([r.id for r in old], self.config.drain_timeout)
+            await self.replicas.set_state(replica, ReplicaState.DRAINING)
+        await self.publish()
+        drained = await self.sink.wait_drained([r.id for r in old], self.config.drain_timeout)
         if not drained:
             log.warning("deployment %s: drain timeout; stopping old replicas anyway", deployment.id)
-        await self._stop_replicas(old)
-
-    async def _stop_replicas(self, replicas: list[Replica]) -> None:
-        async def stop(replica: Replica) -> None:
-            handle = self._handles.pop(replica.id, None)
-            if handle is not None:
-                await self.placement.stop(handle, drain_timeout=self.config.stop_timeout)
-            async with self.db.session() as s:
-                await repo.forget_replica(s, replica.id)
-
-        await asyncio.gather(*(stop(r) for r in replicas))
+        await self.replicas.stop(old)
 
     async def _complete(self, deployment: Deployment) -> None:
         async with self.db.session() as s:
@@ -462,16 +381,11 @@ class RolloutController:
                 s, deployment.id, Step.DONE.value, "complete: this deployment serves"
             )
 
-    async def _abort(
-        self, deployment: Deployment, started: list[ReplicaHandle], exc: RolloutAborted
-    ) -> None:
+    async def _abort(self, deployment: Deployment, exc: RolloutAborted) -> None:
         log.warning("deployment %s %s: %s", deployment.id, exc.state.value, exc.message)
         async with self.db.session() as s:
             mine = await repo.list_replicas(s, deployment_id=deployment.id)
-        await self._stop_replicas(mine)
-        for handle in started:  # started but not yet recorded with an address
-            if handle.replica_id in self._handles:
-                await self.placement.stop(self._handles.pop(handle.replica_id), drain_timeout=0)
+        await self.replicas.stop(mine)
         async with self.db.session() as s:
             await repo.compare_and_set_state(
                 s,
@@ -482,7 +396,9 @@ class RolloutController:
                 error_message=f"{exc.message}; the previous version keeps serving",
             )
             await repo.add_event(s, deployment.id, exc.state.value, exc.message)
+        # A rolling rollout may have replaced some old replicas: the next pass heals them back.
         await self.publish()
+        self.wakeup.set()
 
     # -- recovery after a crash -------------------------------------------------------------
 
@@ -492,16 +408,14 @@ class RolloutController:
         async with self.db.session() as s:
             stored = await repo.list_replicas(s)
             interrupted = await repo.list_deployments(s, states=[S.IN_PROGRESS.value])
-        stored_ids = {r.id for r in stored}
-        for replica in stored:
-            if replica.id in live:
-                self._handles[replica.id] = live[replica.id]
-            else:
-                async with self.db.session() as s:  # listed but not alive: forget it
+            for replica in stored:
+                if replica.id in live:
+                    self.replicas.handles[replica.id] = live[replica.id]
+                else:  # listed but not alive: forget it
                     await repo.forget_replica(s, replica.id)
-        for replica_id, handle in live.items():
-            if replica_id not in stored_ids:  # alive but unknown: stop it
-                await self.placement.stop(handle, drain_timeout=0)
+        stored_ids = {r.id for r in stored}
+        # Alive but unknown: stop it.
+        await self.replicas.stop_unrecorded([h for i, h in live.items() if i not in stored_ids])
         for deployment in interrupted:
             await self._recover_deployment(deployment)
         await self.publish()
@@ -512,9 +426,9 @@ class RolloutController:
             replicas = await repo.list_replicas(s, endpoint_id=deployment.endpoint_id)
         if deployment.step in SWITCHED_STEPS or endpoint.serving_deployment_id == deployment.id:
             # Traffic had switched: finish the drain of the old replicas and complete.
-            await self._stop_replicas([r for r in replicas if r.deployment_id != deployment.id])
+            await self.replicas.stop([r for r in replicas if r.deployment_id != deployment.id])
             await self._complete(deployment)
             return
         # Before the switch: drop its replicas; the reconcile pass runs it again from the start.
-        await self._stop_replicas([r for r in replicas if r.deployment_id == deployment.id])
+        await self.replicas.stop([r for r in replicas if r.deployment_id == deployment.id])
         await self._event(deployment.id, Step.STARTING, "resumed after a server restart")

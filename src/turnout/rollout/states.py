@@ -65,6 +65,8 @@ class Step(StrEnum):
     SUBMITTED = "submitted"
     STARTING = "starting"
     WARMING = "warming"
+    #: Rolling strategy: replacing one replica at a time; both versions serve meanwhile.
+    ROLLING = "rolling"
     SWITCHED = "switched"
     DRAINING = "draining"
     DONE = "done"

@@ -6,8 +6,9 @@ URLs are mapped to the async drivers (``sqlite://`` → aiosqlite, ``postgresql:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import fcntl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,36 @@ class Database:
             yield session
 
     async def migrate(self) -> None:
+        """Upgrade to the newest schema; safe when several processes start at once."""
+        if self.is_sqlite:
+            with _file_lock(self._lock_path()):
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(_upgrade)
+            return
         async with self.engine.begin() as conn:
+            # Held to the end of the transaction: a second process waits, then finds it current.
+            await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(774211)")
             await conn.run_sync(_upgrade)
+
+    def _lock_path(self) -> Path | None:
+        path = make_url(self.url).database
+        return Path(path + ".migrate-lock") if path and path != ":memory:" else None
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+@contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _upgrade(connection: Connection) -> None:

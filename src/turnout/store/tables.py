@@ -164,3 +164,22 @@ class IdempotencyRow(Base):
     body_hash: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str] = mapped_column(String(128))
     created: Mapped[int] = mapped_column(BigInteger)
+
+
+class RoutingStateRow(Base):
+    """One row: bumped each time the routing table changes, so gateways in other processes
+    know to rebuild theirs."""
+
+    __tablename__ = "routing_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
+class GatewayRow(Base):
+    """Each gateway process reports the routing generation it serves, so a worker in another
+    process knows when old replicas stop getting new requests."""
+
+    __tablename__ = "gateways"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+    seen: Mapped[float] = mapped_column(Float)

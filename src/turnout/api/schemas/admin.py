@@ -63,7 +63,8 @@ class EndpointCreate(ManagementModel):
     org: str
     arch: str
     replicas: int = Field(default=1, ge=1, le=64)
-    engine: str = "builtin"
+    #: An engine template name; default: the architecture's serving default.
+    engine: str | None = None
 
 
 class EndpointOut(ManagementModel):

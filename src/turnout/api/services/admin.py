@@ -8,7 +8,7 @@ from dataclasses import asdict
 from turnout.api.schemas import admin as wire
 from turnout.errors import BadRequest, Conflict, NotFound
 from turnout.ids import NAME_PATTERN, hash_key, new_key, new_key_id
-from turnout.placement.engines import known_engines
+from turnout.placement.engines import EngineCatalog
 from turnout.registry.architectures import BUILTIN_ARCHITECTURES
 from turnout.rollout.states import ACTIVE
 from turnout.store import endpoints as endpoints_repo
@@ -46,8 +46,9 @@ def _endpoint_out(e: Endpoint) -> wire.EndpointOut:
 
 
 class AdminService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, engines: EngineCatalog | None = None) -> None:
         self.db = db
+        self.engines = engines or EngineCatalog()
 
     async def seed(self) -> None:
         async with self.db.session() as s:
@@ -151,14 +152,16 @@ class AdminService:
 
     async def create_endpoint(self, req: wire.EndpointCreate) -> wire.EndpointOut:
         _check_name(req.endpoint_id, "endpoint id", "endpoint_id")
-        if req.engine not in known_engines():
-            raise BadRequest(
-                f"engine {req.engine!r} is unknown; use one of {', '.join(known_engines())}",
-                param="engine",
-            )
         async with self.db.session() as s:
             org = await tenants.get_org(s, req.org)
-            await tenants.get_architecture(s, req.arch)
+            arch = await tenants.get_architecture(s, req.arch)
+            engine = req.engine or str(arch.serving.get("engine", "builtin"))
+            if engine not in self.engines.names():
+                raise BadRequest(
+                    f"engine {engine!r} is unknown; use one of {', '.join(self.engines.names())}"
+                    " (operators add engines with TURNOUT_ENGINE_TEMPLATES)",
+                    param="engine",
+                )
             if not await tenants.is_granted(s, org, req.arch):
                 raise BadRequest(
                     f"org {org.name!r} may not use architecture {req.arch!r}; grant it with "
@@ -166,7 +169,7 @@ class AdminService:
                     param="arch",
                 )
             endpoint = await endpoints_repo.create_endpoint(
-                s, req.endpoint_id, org, req.arch, replicas=req.replicas, engine=req.engine
+                s, req.endpoint_id, org, req.arch, replicas=req.replicas, engine=engine
             )
         return _endpoint_out(endpoint)
 

@@ -1,0 +1,174 @@
+"""Replica operations with their intent persisted: start, gate (ready + warm-up), stop.
+
+Every replica row is written before the process starts, so a crash between the two leaves a
+row that recovery can reconcile with what really runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from turnout.placement.base import Placement, ReplicaHandle, ReplicaSpec, ReplicaState
+from turnout.placement.engines import EngineCatalog
+from turnout.store import endpoints as repo
+from turnout.store.db import Database
+from turnout.store.records import Deployment, Endpoint, Replica
+
+log = logging.getLogger(__name__)
+
+
+class GateFailed(Exception):
+    """A replica did not pass its gates; ``code`` is the deployment's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    engines: EngineCatalog
+    ready_timeout: float
+    probe_interval: float
+    stop_timeout: float
+    device: str
+
+
+class Replicas:
+    def __init__(self, db: Database, placement: Placement, config: GateConfig) -> None:
+        self.db = db
+        self.placement = placement
+        self.config = config
+        self.handles: dict[str, ReplicaHandle] = {}
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def start(
+        self, deployment: Deployment, endpoint: Endpoint, weight_path: str, taken: Collection[str]
+    ) -> ReplicaHandle:
+        """Start one replica of ``deployment`` under the first free id."""
+        index = 0
+        while (replica_id := f"{endpoint.endpoint_id}-{deployment.id[:8]}-{index}") in taken:
+            index += 1
+        spec = ReplicaSpec(
+            replica_id=replica_id,
+            endpoint_id=endpoint.endpoint_id,
+            deployment_id=deployment.id,
+            model_dir=Path(weight_path),
+            served_name=endpoint.endpoint_id,
+            engine=self.config.engines.command(endpoint.engine),
+            device=self.config.device,
+        )
+        await self._save(
+            spec.replica_id, spec.endpoint_id, spec.deployment_id, ReplicaState.STARTING
+        )
+        handle = await self.placement.start(spec)
+        self.handles[replica_id] = handle
+        await self._save(
+            replica_id, spec.endpoint_id, spec.deployment_id, ReplicaState.STARTING, handle
+        )
+        return handle
+
+    async def _save(
+        self,
+        replica_id: str,
+        endpoint_id: str,
+        deployment_id: str,
+        state: ReplicaState,
+        handle: ReplicaHandle | None = None,
+        error: str | None = None,
+    ) -> None:
+        async with self.db.session() as s:
+            await repo.upsert_replica(
+                s,
+                replica_id,
+                endpoint_id=endpoint_id,
+                deployment_id=deployment_id,
+                state=state.value,
+                address=handle.address if handle else None,
+                pid=handle.pid if handle else None,
+                error=error,
+            )
+
+    async def set_state(
+        self, replica: Replica, state: ReplicaState, error: str | None = None
+    ) -> None:
+        await self._save(replica.id, replica.endpoint_id, replica.deployment_id, state, error=error)
+
+    async def gate(
+        self,
+        handles: list[ReplicaHandle],
+        served_name: str,
+        still_wanted: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Wait until every replica is ready, then run one warm-up generation on each.
+
+        ``still_wanted`` is awaited between probes and raises to abandon the wait (a cancel).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.ready_timeout
+        pending = {h.replica_id: h for h in handles}
+        while pending:
+            if still_wanted is not None:
+                await still_wanted()
+            for replica_id, handle in list(pending.items()):
+                status = await self.placement.probe(handle)
+                if status.state is ReplicaState.READY:
+                    del pending[replica_id]
+                elif status.state in (ReplicaState.FAILED, ReplicaState.STOPPED):
+                    raise GateFailed(
+                        "replica_failed",
+                        f"replica {replica_id} failed to start: {status.error or status.state}",
+                    )
+            if pending and loop.time() > deadline:
+                raise GateFailed(
+                    "readiness_timeout",
+                    f"replica(s) {', '.join(pending)} not ready within "
+                    f"{self.config.ready_timeout:g}s (TURNOUT_READY_TIMEOUT)",
+                )
+            if pending:
+                await asyncio.sleep(self.config.probe_interval)
+        for handle in handles:
+            await self._warm_up(handle, served_name)
+
+    async def _warm_up(self, handle: ReplicaHandle, served_name: str) -> None:
+        try:
+            resp = await self._http.post(
+                f"{handle.address}/v1/completions",
+                json={"model": served_name, "prompt": "Hello", "max_tokens": 1},
+            )
+            resp.raise_for_status()
+            tokens = int((resp.json().get("usage") or {}).get("completion_tokens", 0))
+        except (httpx.HTTPError, ValueError) as exc:
+            raise GateFailed(
+                "warmup_failed", f"warm-up generation on {handle.replica_id} failed: {exc}"
+            ) from exc
+        if tokens < 1:
+            raise GateFailed(
+                "warmup_failed", f"warm-up generation on {handle.replica_id} returned no tokens"
+            )
+
+    async def stop(self, replicas: Collection[Replica]) -> None:
+        """Stop replicas (concurrently) and forget their rows."""
+
+        async def stop_one(replica: Replica) -> None:
+            handle = self.handles.pop(replica.id, None)
+            if handle is not None:
+                await self.placement.stop(handle, drain_timeout=self.config.stop_timeout)
+            async with self.db.session() as s:
+                await repo.forget_replica(s, replica.id)
+
+        await asyncio.gather(*(stop_one(r) for r in replicas))
+
+    async def stop_unrecorded(self, handles: Collection[ReplicaHandle]) -> None:
+        """Stop processes that have no row (started by a process that crashed before writing)."""
+        await asyncio.gather(*(self.placement.stop(h, drain_timeout=0) for h in handles))

@@ -1,0 +1,191 @@
+"""Composing a server process from its roles (DESIGN §2).
+
+``all`` (the default) runs the management API, the gateway and the workers in one process on
+one port. ``api``, ``gateway`` and ``worker`` run one part each, many of them in front of one
+PostgreSQL: the worker publishes routing changes through the store's routing generation and
+gateways follow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from fastapi import FastAPI
+
+from turnout.api.app import create_management_app, healthz
+from turnout.api.deps import Services
+from turnout.api.services.admin import AdminService
+from turnout.api.services.endpoints import EndpointsService
+from turnout.api.services.models import ModelsService
+from turnout.gateway.app import create_gateway_app
+from turnout.gateway.keys import StaticInferenceKeys
+from turnout.gateway.routing import Router
+from turnout.loop import run_control_loop
+from turnout.placement.engines import EngineCatalog
+from turnout.placement.local import LocalPlacement, LocalPlacementConfig
+from turnout.registry.sync import SyncConfig, check_source_uri
+from turnout.registry.worker import SyncWorker
+from turnout.rollout.controller import RolloutConfig, RolloutController
+from turnout.rollout.routes import LocalRouteSink, RouteSink, StoreFollower, StoreRouteSink
+from turnout.settings import Settings
+from turnout.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+class Role(StrEnum):
+    ALL = "all"
+    API = "api"
+    GATEWAY = "gateway"
+    WORKER = "worker"
+
+
+def sync_config(settings: Settings) -> SyncConfig:
+    return SyncConfig(
+        weights_dir=settings.weights_dir.resolve(),
+        allowed_local_roots=tuple(p.resolve() for p in settings.allowed_local_roots),
+        allowed_hosts=tuple(settings.allowed_hosts),
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        s3_addressing_style=settings.s3_addressing_style,
+        max_total_bytes=settings.max_weight_bytes,
+    )
+
+
+@dataclass
+class Runtime:
+    """What one server process owns: the database, its services and its background loops."""
+
+    settings: Settings
+    role: Role
+    db: Database
+    services: Services
+    router: Router
+    keys: StaticInferenceKeys
+    sync: SyncWorker | None = None
+    placement: LocalPlacement | None = None
+    rollout: RolloutController | None = None
+    follower: StoreFollower | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def _loop(
+        self,
+        name: str,
+        reconcile: Callable[[], Awaitable[None]],
+        wakeup: asyncio.Event,
+        interval: float,
+    ) -> None:
+        loop = run_control_loop(name, reconcile, wakeup, self.stopping, interval)
+        self.tasks.append(asyncio.create_task(loop, name=f"{name} loop"))
+
+    async def start(self) -> None:
+        await self.db.migrate()
+        await self.services.admin.seed()
+        if self.sync is not None:
+            await self.sync.recover()
+            self._loop("sync", self.sync.reconcile, self.sync.wakeup, 1.0)
+        if self.rollout is not None and self.placement is not None:
+            await self.rollout.recover(await self.placement.recover())
+            self._loop("rollout", self.rollout.reconcile, self.rollout.wakeup, 1.0)
+        if self.follower is not None:
+            await self.follower.reconcile()
+            self._loop("routing", self.follower.reconcile, self.follower.wakeup, 0.25)
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.rollout is not None:
+            await self.rollout.close()
+        if self.placement is not None:
+            await self.placement.close()
+        if self.sync is not None:
+            await self.sync.close()
+        await self.db.dispose()
+
+
+def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
+    db = Database(settings.resolved_database_url())
+    config = sync_config(settings)
+    engines = EngineCatalog.from_file(settings.engine_templates)
+    router, keys = Router(), StaticInferenceKeys()
+    runs_workers = role in (Role.ALL, Role.WORKER)
+    sync = SyncWorker(db, config) if runs_workers else None
+    placement = rollout = None
+    if runs_workers:
+        placement = LocalPlacement(
+            LocalPlacementConfig(run_dir=settings.data_dir.resolve() / "run")
+        )
+        sink: RouteSink = LocalRouteSink(router) if role is Role.ALL else StoreRouteSink(db)
+        rollout = RolloutController(db, placement, sink, keys, rollout_config(settings, engines))
+    follower = None
+    if role is Role.GATEWAY:
+        gateway_id = f"{socket.gethostname()}-{os.getpid()}"
+        follower = StoreFollower(db, router, keys, gateway_id)
+    services = Services(
+        db=db,
+        models=ModelsService(
+            db, lambda uri: check_source_uri(uri, config), sync.notify if sync else _nothing
+        ),
+        endpoints=EndpointsService(db, rollout.notify if rollout else _nothing),
+        admin=AdminService(db, engines),
+        admin_token=settings.admin_token,
+    )
+    return Runtime(settings, role, db, services, router, keys, sync, placement, rollout, follower)
+
+
+def _nothing() -> None:
+    """A worker in another process notices new work on its next pass."""
+
+
+def rollout_config(settings: Settings, engines: EngineCatalog) -> RolloutConfig:
+    return RolloutConfig(
+        engines=engines,
+        ready_timeout=settings.ready_timeout,
+        drain_timeout=settings.drain_timeout,
+        device=settings.device,
+        max_replicas=settings.max_replicas,
+    )
+
+
+def create_server_app(settings: Settings, role: Role = Role.ALL) -> FastAPI:
+    """The ASGI app for one process of the given role."""
+    runtime = build_runtime(settings, role)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    if role is Role.GATEWAY:
+        bare = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+        bare.add_api_route("/healthz", healthz, methods=["GET"])
+        app = create_gateway_app(runtime.router, runtime.keys, fallback=bare)
+    elif role is Role.WORKER:
+        app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+        app.add_api_route("/healthz", healthz, methods=["GET"])
+    else:
+        management = create_management_app(
+            runtime.services, max_body_bytes=settings.max_body_bytes, lifespan=lifespan
+        )
+        app = (
+            management
+            if role is Role.API
+            else create_gateway_app(runtime.router, runtime.keys, fallback=management)
+        )
+    app.state.runtime = runtime
+    return app

@@ -1,0 +1,203 @@
+"""The rollout controller against a real SQLite store and a small fake placement whose
+"replicas" are in-process HTTP servers answering the warm-up request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from turnout.api.services.admin import catalog_records
+from turnout.gateway.keys import StaticInferenceKeys
+from turnout.gateway.routing import Router
+from turnout.placement.base import ReplicaHandle, ReplicaSpec, ReplicaState, ReplicaStatus
+from turnout.rollout.controller import RolloutConfig, RolloutController
+from turnout.rollout.routes import LocalRouteSink
+from turnout.store import endpoints, tenants, versions
+from turnout.store.db import Database
+from turnout.store.records import SyncStatus
+
+pytestmark = pytest.mark.anyio
+
+
+class FakePlacement:
+    """Replicas are aiohttp servers on loopback; ``fail`` makes the next start fail."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, tuple[ReplicaHandle, web.AppRunner]] = {}
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+        self.fail = False  # replicas started while set never become ready
+        self.failing: set[str] = set()
+
+    async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
+        async def complete(_: web.Request) -> web.Response:
+            return web.json_response({"usage": {"completion_tokens": 1}})
+
+        app = web.Application()
+        app.router.add_post("/v1/completions", complete)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        handle = ReplicaHandle(spec.replica_id, f"http://127.0.0.1:{port}")
+        self.running[spec.replica_id] = (handle, runner)
+        self.started.append(spec.replica_id)
+        if self.fail:
+            self.failing.add(spec.replica_id)
+        return handle
+
+    async def probe(self, handle: ReplicaHandle) -> ReplicaStatus:
+        if handle.replica_id not in self.running:
+            return ReplicaStatus(handle, ReplicaState.STOPPED)
+        if handle.replica_id in self.failing:
+            return ReplicaStatus(handle, ReplicaState.FAILED, error="boom")
+        return ReplicaStatus(handle, ReplicaState.READY)
+
+    async def stop(self, handle: ReplicaHandle, *, drain_timeout: float) -> None:
+        entry = self.running.pop(handle.replica_id, None)
+        if entry is not None:
+            await entry[1].cleanup()
+            self.stopped.append(handle.replica_id)
+
+    async def list_alive(self) -> list[ReplicaHandle]:
+        return [h for h, _ in self.running.values()]
+
+    async def close(self) -> None:
+        for handle, _ in list(self.running.values()):
+            await self.stop(handle, drain_timeout=0)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    await database.migrate()
+    async with database.session() as s:
+        await tenants.seed_architectures(s, catalog_records())
+        org = await tenants.create_org(s, "acme")
+        await endpoints.create_endpoint(
+            s, "acme-tiny", org, "tiny-llama", replicas=2, engine="builtin"
+        )
+        for n in (1, 2):
+            v = await versions.create_version(
+                s, org, "tiny-llama", weight_uri="u", fingerprint_suffix=None, aliases=[]
+            )
+            await versions.update_sync(
+                s, v.id, status=SyncStatus.DONE, digest=f"sha256:{n}" * 8, weight_path=str(tmp_path)
+            )
+    yield database
+    await database.dispose()
+
+
+async def submit(db: Database, version_pk: int, deployment_id: str) -> None:
+    async with db.session() as s:
+        endpoint = await endpoints.get_endpoint(s, "acme-tiny")
+        await endpoints.create_deployment(
+            s,
+            deployment_id=deployment_id,
+            endpoint=endpoint,
+            version_pk=version_pk,
+            alias_used=None,
+            state="not_started",
+        )
+
+
+async def run_until_idle(controller: RolloutController) -> None:
+    await controller.reconcile()
+    while controller._tasks:
+        for task in list(controller._tasks.values()):
+            await task
+        await controller.reconcile()
+
+
+async def state(db: Database, deployment_id: str) -> str:
+    async with db.session() as s:
+        return (await endpoints.get_deployment(s, deployment_id)).state
+
+
+def make(
+    db: Database, placement: FakePlacement, router: Router, **config: object
+) -> RolloutController:
+    base = RolloutConfig(ready_timeout=5, drain_timeout=1, probe_interval=0.01)
+    return RolloutController(
+        db, placement, LocalRouteSink(router), StaticInferenceKeys(), replace(base, **config)
+    )  # type: ignore[arg-type]
+
+
+async def test_surge_switch_drain_and_idempotent_reconcile(db: Database) -> None:
+    placement, router = FakePlacement(), Router()
+    controller = make(db, placement, router)
+    await submit(db, 1, "d1")
+    await run_until_idle(controller)
+    assert await state(db, "d1") == "complete"
+    route = router.current().endpoints["acme-tiny"]
+    assert route.deployment_id == "d1" and len(route.replicas) == 2
+    await submit(db, 2, "d2")
+    await run_until_idle(controller)
+    assert await state(db, "d2") == "complete"
+    assert sorted(placement.stopped) == sorted(
+        r for r in placement.started if "-d1-" in r or r.startswith("acme-tiny-d1")
+    )
+    generation = router.current().generation
+    started = list(placement.started)
+    await controller.reconcile()
+    await controller.reconcile()
+    assert router.current().generation == generation and placement.started == started
+    await controller.close()
+    await placement.close()
+
+
+async def test_rolling_under_capacity_replaces_one_at_a_time(db: Database) -> None:
+    placement, router = FakePlacement(), Router()
+    controller = make(db, placement, router, max_replicas=3)
+    await submit(db, 1, "d1")
+    await run_until_idle(controller)
+    await submit(db, 2, "d2")
+    await run_until_idle(controller)
+    async with db.session() as s:
+        events = [e.step for e in await endpoints.list_events(s, "d2")]
+    assert "rolling" in events and events[-1] == "done"
+    assert len(placement.running) == 2  # never more than the capacity at the end
+    await controller.close()
+    await placement.close()
+
+
+async def test_failed_gate_leaves_the_old_deployment_serving(db: Database) -> None:
+    placement, router = FakePlacement(), Router()
+    controller = make(db, placement, router)
+    await submit(db, 1, "d1")
+    await run_until_idle(controller)
+    placement.fail = True
+    await submit(db, 2, "d2")
+    await controller.reconcile()
+    for task in list(controller._tasks.values()):
+        await task
+    assert await state(db, "d2") == "failed"
+    assert router.current().endpoints["acme-tiny"].deployment_id == "d1"
+    assert not [r for r in placement.running if "d2" in r]
+    await controller.close()
+    await placement.close()
+
+
+async def test_recover_forgets_dead_and_stops_unknown_replicas(db: Database) -> None:
+    placement, router = FakePlacement(), Router()
+    controller = make(db, placement, router)
+    await submit(db, 1, "d1")
+    await run_until_idle(controller)
+    stray = await placement.start(ReplicaSpec("stray", "acme-tiny", "dx", Path("/x"), "acme-tiny"))
+    dead = next(iter(placement.running))
+    await placement.stop(placement.running[dead][0], drain_timeout=0)
+    fresh = make(db, placement, router)
+    await fresh.recover(await placement.list_alive())
+    assert "stray" not in placement.running and stray.replica_id in placement.stopped
+    async with db.session() as s:
+        ids = {r.id for r in await endpoints.list_replicas(s)}
+    assert dead not in ids
+    await run_until_idle(fresh)  # the lost serving replica is replaced
+    assert len(router.current().endpoints["acme-tiny"].replicas) == 2
+    await fresh.close()
+    await placement.close()
