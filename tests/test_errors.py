@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import turnout.errors as errors
 
-ALLOWED = {400, 401, 403, 404, 409, 413, 422, 429, 500, 503}
+# DESIGN §4's statuses, plus the gateway's 502/504 for a replica that broke or went silent.
+ALLOWED = {400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504}
 
 
 def _subclasses(cls: type[errors.TurnoutError]) -> list[type[errors.TurnoutError]]:

@@ -18,6 +18,8 @@ class's HTTP ``status``. Messages name the thing that was wrong and say what to 
     ├── PayloadTooLarge (413, invalid_request_error)
     ├── RateLimited (429, too_many_requests_error)
     ├── EndpointNotReady (503, service_unavailable_error)
+    ├── UpstreamBadResponse (502) — a replica answered with something that is not HTTP
+    ├── UpstreamTimeout (504) — a replica stopped sending before its response was complete
     └── ConfigError (500) — a bad setting found at start, never a client's fault
 
 Errors from lower layers (SQLAlchemy, boto3, aiohttp) are translated where they are caught,
@@ -116,6 +118,18 @@ class EndpointNotReady(TurnoutError):
     status = 503
     type = "service_unavailable_error"
     default_code = "endpoint_not_ready"
+
+
+class UpstreamBadResponse(TurnoutError):
+    status = 502
+    type = "api_error"
+    default_code = "upstream_bad_response"
+
+
+class UpstreamTimeout(TurnoutError):
+    status = 504
+    type = "api_error"
+    default_code = "upstream_timeout"
 
 
 class ConfigError(TurnoutError):

@@ -1,13 +1,16 @@
-"""The pooled replica client against raw servers: framing, reuse, and a closed idle connection."""
+"""The pooled replica session against raw servers: framing, reuse, and what counts as
+unreachable (safe to retry elsewhere) versus a timeout."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import pytest
 
-from turnout.gateway.upstream import UpstreamPool, UpstreamUnreachable
+from conftest import closed_port_address
+from turnout.gateway.upstream import Upstream, UpstreamUnreachable
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -18,23 +21,25 @@ async def serve(handler: Handler) -> tuple[asyncio.Server, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
-async def read_request(reader: asyncio.StreamReader) -> bytes:
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-    return await reader.readexactly(length)
+    return head, await reader.readexactly(length)
 
 
-def test_framings_and_connection_reuse() -> None:
+def test_framings_headers_and_connection_reuse() -> None:
     connections = 0
+    heads: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
         while not reader.at_eof():
             try:
-                body = await read_request(reader)
+                head, body = await read_request(reader)
             except asyncio.IncompleteReadError:
                 break
+            heads.append(head.lower())
             if body == b"chunked":
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
                 writer.write(b"Transfer-Encoding: chunked\r\n\r\n3\r\nab\n\r\n")
@@ -51,30 +56,38 @@ def test_framings_and_connection_reuse() -> None:
 
     async def run() -> None:
         server, address = await serve(handler)
-        pool = UpstreamPool(connect_timeout=5, read_timeout=5)
+        upstream = Upstream(connect_timeout=5, read_timeout=5)
         try:
-            r = await pool.post(address, "/x", b"plain", "rq")
+            r = await upstream.post(address, "/x", b"plain", "rq-1")
             assert (r.status, await r.read()) == (404, b"no")
             r.release()
-            r = await pool.post(address, "/x", b"chunked", "rq")
-            assert r.content_type == "text/event-stream"
-            chunks = []
-            while chunk := await r.next_chunk():
-                chunks.append(chunk)
+            r = await upstream.post(address, "/x", b"chunked", "rq-2")
+            assert r.headers["Content-Type"] == "text/event-stream"
+            chunks = [chunk async for chunk in r.content.iter_any()]
             assert b"".join(chunks) == b"ab\nc\n"
             r.release()
             assert connections == 1  # kept alive and reused
-            r = await pool.post(address, "/x", b"eof", "rq")
+            r = await upstream.post(address, "/x", b"eof", "rq-3")
             assert await r.read() == b"{}"
             r.release()
         finally:
-            pool.close()
+            await upstream.close()
             server.close()
+        assert heads[0].startswith(b"post /x http/1.1\r\n")
+        for head in heads:
+            assert b"content-type: application/json\r\n" in head
+            # Nothing the replica does not need: no client identity, no compression asked for.
+            assert b"user-agent" not in head and b"accept" not in head
+        assert [h.split(b"x-request-id: ")[1].split(b"\r\n")[0] for h in heads] == [
+            b"rq-1",
+            b"rq-2",
+            b"rq-3",
+        ]
 
     asyncio.run(run())
 
 
-def test_idle_connection_closed_by_the_replica_is_unreachable_not_broken() -> None:
+def test_connection_closed_while_idle_before_the_response_is_unreachable() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -85,15 +98,64 @@ def test_idle_connection_closed_by_the_replica_is_unreachable_not_broken() -> No
 
     async def run() -> None:
         server, address = await serve(handler)
-        pool = UpstreamPool(connect_timeout=5, read_timeout=5)
+        upstream = Upstream(connect_timeout=5, read_timeout=5)
         try:
-            r = await pool.post(address, "/x", b"{}", "rq")
+            r = await upstream.post(address, "/x", b"{}", "rq")
             assert await r.read() == b"ok"
             r.release()
             with pytest.raises(UpstreamUnreachable):
-                await pool.post(address, "/x", b"{}", "rq")  # may go to another replica
+                await upstream.post(address, "/x", b"{}", "rq")  # may go to another replica
         finally:
-            pool.close()
+            await upstream.close()
+            server.close()
+
+    asyncio.run(run())
+
+
+def test_refused_is_unreachable_and_silence_is_a_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read(1)  # never answers; returns when the client gives up
+        writer.close()
+
+    async def run() -> None:
+        server, address = await serve(silent)
+        upstream = Upstream(connect_timeout=5, read_timeout=0.2)
+        try:
+            with pytest.raises(UpstreamUnreachable):
+                await upstream.post(closed_port_address(), "/x", b"{}", "rq")
+            with pytest.raises(TimeoutError):
+                await upstream.post(address, "/x", b"{}", "rq")
+        finally:
+            await upstream.close()
+            server.close()
+
+    asyncio.run(run())
+
+
+def test_close_cuts_an_answer_being_relayed() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n3\r\nab\n\r\n")
+        await writer.drain()
+        await reader.read(1)  # no more until the gateway hangs up
+        writer.close()
+
+    async def run() -> None:
+        server, address = await serve(endless)
+        upstream = Upstream(connect_timeout=5, read_timeout=60)
+        try:
+            r = await upstream.post(address, "/x", b"{}", "rq")
+            chunks = r.content.iter_any()
+            assert await anext(chunks) == b"ab\n"
+            waiting = asyncio.ensure_future(anext(chunks))
+            await upstream.close()  # shutdown after the drain timeout
+            # The relay ends now, not when the 60 s read timeout would have elapsed.
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await asyncio.wait_for(waiting, 5)
+        finally:
+            await upstream.close()
             server.close()
 
     asyncio.run(run())

@@ -2,8 +2,8 @@
 
 Modules: ``keys`` (key hashing, importable without aiohttp), ``routing`` (routing table and
 least-outstanding replica choice), ``rewrite`` (response ``model``/``system_fingerprint``
-rewriting), ``metrics``, ``proxy`` (the raw-ASGI hot path), ``upstream`` (pooled HTTP/1.1
-client to replicas), ``streaming`` (per-request facts, disconnect watch), ``app``
+rewriting), ``metrics``, ``proxy`` (the raw-ASGI hot path), ``upstream`` (the pooled aiohttp
+session to replicas), ``streaming`` (per-request facts, disconnect watch), ``app``
 (``create_gateway_app``).
 Nothing is imported here so ``turnout.gateway.keys`` stays light.
 """

@@ -2,7 +2,7 @@
 
 Per request: authenticate (in-memory key table) → read the body and parse only ``model`` and
 ``stream`` → resolve the endpoint in the current routing table → take the least loaded replica
-→ forward the client's original bytes over pooled keep-alive connections (``upstream``) → stream
+→ forward the client's original bytes on the pooled aiohttp session (``upstream``) → stream
 or send back the answer with ``model``/``system_fingerprint`` rewritten. Starlette's request and
 response objects are skipped here on purpose: they cost more than the proxy's own work.
 
@@ -20,6 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from aiohttp.hdrs import CONTENT_TYPE
 from starlette.types import Receive, Scope, Send
 
 from turnout.errors import (
@@ -29,6 +30,8 @@ from turnout.errors import (
     PayloadTooLarge,
     TurnoutError,
     Unauthenticated,
+    UpstreamBadResponse,
+    UpstreamTimeout,
     ValidationFailed,
 )
 from turnout.gateway.keys import InferenceKeys
@@ -36,12 +39,7 @@ from turnout.gateway.metrics import GatewayMetrics
 from turnout.gateway.rewrite import SSERewriter, Usage, loads, rewrite_json
 from turnout.gateway.routing import EndpointRoute, ReplicaRoute, Router
 from turnout.gateway.streaming import DisconnectWatch, Exchange, Served
-from turnout.gateway.upstream import (
-    UpstreamError,
-    UpstreamPool,
-    UpstreamResponse,
-    UpstreamUnreachable,
-)
+from turnout.gateway.upstream import RELAY_ERRORS, Upstream, UpstreamResponse, UpstreamUnreachable
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +47,6 @@ logger = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 
 PROXIED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-
-
-class UpstreamTimeout(TurnoutError):
-    # TODO(#5): move to turnout.errors (504) when that module is next opened.
-    status = 504
-    type = "api_error"
-    default_code = "upstream_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +69,13 @@ class Proxy:
         self.keys = keys
         self.metrics = metrics
         self.config = config
-        self._pool: UpstreamPool | None = None
+        self._upstream: Upstream | None = None
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def start(self) -> None:
-        # No pool cap: the replicas' own queues do the admission control.
-        self._pool = UpstreamPool(self.config.connect_timeout, self.config.request_timeout)
+        self._upstream = Upstream(self.config.connect_timeout, self.config.request_timeout)
 
     async def stop(self) -> None:
         """Named shutdown steps (STYLE 13); uvicorn has already stopped accepting."""
@@ -100,10 +90,10 @@ class Proxy:
                 self.config.drain_timeout,
             )
         left = self._active
-        if self._pool is not None:
+        if self._upstream is not None:
             # Closing the connections fails the remaining upstream reads, which ends them.
-            self._pool.close()
-            self._pool = None
+            upstream, self._upstream = self._upstream, None
+            await upstream.close()
         logger.info("gateway shutdown: %d finished, %d cut", waiting - left, left)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -206,14 +196,14 @@ class Proxy:
             return exc.status
         done = False
         try:
-            ctype = response.content_type or "application/json"
+            ctype = response.headers.get(CONTENT_TYPE) or "application/json"
             if response.status == 200 and ctype.startswith("text/event-stream"):
                 await self._send_stream(exchange, response, ctype, send)
             else:
                 await self._send_whole(exchange, response, ctype, send)
             done = True
             return response.status
-        except (UpstreamError, TimeoutError) as exc:
+        except RELAY_ERRORS as exc:
             # The answer started but broke off: nothing sane can be sent any more.
             logger.warning(
                 "request %s: replica %s failed mid-response: %r", exchange.request_id, replica, exc
@@ -248,27 +238,33 @@ class Proxy:
         self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...]
     ) -> tuple[ReplicaRoute, UpstreamResponse]:
         failed: ReplicaRoute | None = None
-        for attempt in (1, 2):
+        for _ in range(2):
             replica = self._take(exchange, replicas, failed)
             try:
-                return replica, await self._post(replica, exchange)
+                if self._upstream is None:
+                    raise EndpointNotReady("The gateway is shutting down; retry another gateway.")
+                post = self._upstream.post(
+                    replica.address, exchange.path, exchange.body, exchange.request_id
+                )
+                return replica, await post
             except UpstreamUnreachable as exc:
                 # The replica cannot have produced anything yet: another one may answer.
                 self._give_back(replica, exchange)
                 logger.warning(
-                    "request %s: replica %s unreachable (attempt %d): %r",
-                    exchange.request_id,
-                    replica,
-                    attempt,
-                    exc,
+                    "request %s: replica %s unreachable: %r", exchange.request_id, replica, exc
                 )
                 failed = replica
                 error: Exception = exc
-            except TimeoutError as exc:
+            except RELAY_ERRORS as exc:  # a timeout, or an answer that is not HTTP
                 self._give_back(replica, exchange)
-                raise UpstreamTimeout(
-                    f"Endpoint {exchange.route.endpoint_id}'s replica did not answer within "
-                    f"{self.config.request_timeout:g}s; retry the request.",
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamTimeout(
+                        f"Endpoint {exchange.route.endpoint_id}'s replica did not answer within "
+                        f"{self.config.request_timeout:g}s; retry the request.",
+                    ) from exc
+                raise UpstreamBadResponse(
+                    f"Endpoint {exchange.route.endpoint_id}'s replica sent an invalid answer; "
+                    "retry the request.",
                 ) from exc
             except BaseException:
                 self._give_back(replica, exchange)
@@ -278,13 +274,6 @@ class Proxy:
             "retry shortly.",
             code="replica_unreachable",
         ) from error
-
-    async def _post(self, replica: ReplicaRoute, exchange: Exchange) -> UpstreamResponse:
-        if self._pool is None:
-            raise EndpointNotReady("The gateway is shutting down; retry on another gateway.")
-        return await self._pool.post(
-            replica.address, exchange.path, exchange.body, exchange.request_id
-        )
 
     async def _send_whole(
         self, exchange: Exchange, response: UpstreamResponse, ctype: str, send: Send
@@ -309,7 +298,7 @@ class Proxy:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         rewriter = SSERewriter(exchange.route.endpoint_id, served.fingerprint)
         first = True
-        while chunk := await response.next_chunk():
+        async for chunk in response.content.iter_any():
             out = rewriter.feed(chunk)
             if not out:
                 continue

@@ -1,285 +1,106 @@
-"""The gateway's HTTP/1.1 client to replicas: pooled keep-alive connections parsed by httptools.
+"""The gateway's HTTP client to replicas: one pooled aiohttp ``ClientSession``.
 
-The proxy needs one thing from a client: POST these bytes, hand back status, content type and
-the body as it arrives. aiohttp's ``ClientSession`` does that with cookies, tracing, header
-multidicts, redirects and timeouts contexts around it, and was the largest share of the
-gateway's CPU per request (``bench/gateway.py``). This client does only what the proxy uses,
-on the same parser uvicorn uses for the client side.
+The proxy POSTs the client's bytes and gets back aiohttp's ``ClientResponse``: ``status``,
+``headers``, ``read()`` for a whole answer, ``content.iter_any()`` for a stream, then
+``release()`` (keep the connection) or ``close()`` (drop it: how a replica learns that
+nobody waits for its answer). The session is opened in the gateway's lifespan and closed on
+shutdown, which breaks off any request still running on it.
 
-Errors: :class:`UpstreamUnreachable` when the replica cannot have seen the request (connect
-failed, or a pooled connection was closed before any response byte: the proxy retries
-another replica); :class:`UpstreamBroken` when the answer broke off; ``TimeoutError`` when the
-replica sent nothing for ``read_timeout`` seconds.
+Errors of :meth:`Upstream.post`: :class:`UpstreamUnreachable` when the replica cannot have
+answered (connect failed, or a pooled connection was closed before the response started: the
+proxy retries another replica); ``TimeoutError`` when the replica sent nothing for
+``read_timeout`` seconds; another :data:`RELAY_ERRORS` member when its answer was not HTTP.
+Reading a started answer raises :data:`RELAY_ERRORS` when it breaks off or stalls.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-from urllib.parse import urlsplit
+import sys
+import weakref
 
-import httptools
+import aiohttp
+from aiohttp import hdrs
+from yarl import URL
 
-#: Pause reading a replica's stream when this much is buffered and not yet sent on.
-_HIGH_WATER = 256 * 1024
-#: Idle connections kept per replica; beyond, finished connections are closed.
-_MAX_IDLE = 256
+#: No cap on connections, in all or per replica: the replicas' own queues do the admission
+#: control. A cap would queue requests inside the gateway, behind streams that last minutes.
+LIMIT = 0
+LIMIT_PER_HOST = 0
+#: Idle connections are dropped after this long: under the 5 s idle timeout of uvicorn (and
+#: so vLLM's server), so the pool seldom hands out a connection the replica is closing.
+KEEPALIVE_TIMEOUT = 4.0
+#: Works around a CPython bug that is fixed in 3.12.8 and 3.13.1; aiohttp warns where it is.
+_CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
+_SKIP_HEADERS = (hdrs.USER_AGENT, hdrs.ACCEPT, hdrs.ACCEPT_ENCODING)
+#: Distinct (replica, path) URLs kept parsed; the table is cleared when it grows past this.
+_MAX_URLS = 4096
+
+#: Failures that happen before the replica's response starts: the request never reached it,
+#: or a pooled keep-alive connection was closed under it (ServerDisconnectedError).
+_UNREACHABLE: tuple[type[Exception], ...] = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    aiohttp.ClientConnectionResetError,
+)
+
+#: What a replica's answer raises when it is not HTTP, breaks off or stalls.
+RELAY_ERRORS: tuple[type[Exception], ...] = (aiohttp.ClientError, TimeoutError)
+
+UpstreamResponse = aiohttp.ClientResponse
 
 
-class UpstreamError(Exception):
-    pass
-
-
-class UpstreamUnreachable(UpstreamError):
+class UpstreamUnreachable(Exception):
     """The replica cannot have seen the request: safe to send it elsewhere."""
 
 
-class UpstreamBroken(UpstreamError):
-    """The replica's answer broke off after it started."""
-
-
-class _Conn(asyncio.Protocol):
-    """One connection: at most one request at a time, reused while the replica keeps it."""
-
-    def __init__(self, pool: UpstreamPool, key: str) -> None:
-        self.pool = pool
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.reset()
-
-    def reset(self) -> None:
-        self.status = 0
-        self.content_type = ""
-        self.started = False  # any byte of the current response seen
-        self.headers_done = False
-        self.complete = False
-        self.keep_alive = False
-        self.framed = False  # Content-Length or chunked: the end is known without EOF
-        self.buffered = 0
-        self.chunks: collections.deque[bytes] = collections.deque()
-        self.error: UpstreamError | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        self._header = b""
-
-    # -- asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # always a TCP transport
-
-    def data_received(self, data: bytes) -> None:
-        self.started = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamBroken(f"invalid HTTP from replica: {exc}"))
-            self.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.pool.forget(self)
-        if self.complete:
-            return
-        if self.headers_done and not self.framed:
-            self.complete = True  # the body ran to EOF, as HTTP/1.1 allows without framing
-            self._wake()
-        elif not self.started:
-            self._fail(UpstreamUnreachable(f"replica closed the connection: {exc!r}"))
-        else:
-            self._fail(UpstreamBroken(f"replica closed the connection mid-response: {exc!r}"))
-
-    # -- httptools callbacks
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"content-type":
-            self.content_type = value.decode("latin-1")
-        elif name == b"content-length" or (
-            name == b"transfer-encoding" and b"chunked" in value.lower()
-        ):
-            self.framed = True
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.headers_done = True
-        self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-        self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and self.transport is not None:
-            self.transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        # Only meaningful here: httptools resets it once the message is over.
-        self.keep_alive = self.parser.should_keep_alive()
-        self.complete = True
-        self._wake()
-
-    # -- the proxy's side
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _fail(self, error: UpstreamError) -> None:
-        if self.error is None:
-            self.error = error
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
-
-    async def wait(self, timeout: float) -> None:
-        """Until the parser has news (headers, body, end) or the replica times out."""
-        if self.error is not None:
-            raise self.error
-        loop = asyncio.get_running_loop()
-        waiter = self.waiter = loop.create_future()
-        timer = loop.call_later(timeout, _time_out, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self.waiter = None
-
-    def take(self) -> bytes:
-        data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
-        self.chunks.clear()
-        if self.buffered > _HIGH_WATER and self.transport is not None:
-            self.transport.resume_reading()
-        self.buffered = 0
-        return data
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _time_out(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
-class UpstreamResponse:
-    """A replica's answer: read it whole or in chunks, then ``release()`` or ``close()``."""
-
-    __slots__ = ("_conn", "_read_timeout", "status", "content_type")
-
-    def __init__(self, conn: _Conn, read_timeout: float) -> None:
-        self._conn = conn
-        self._read_timeout = read_timeout
-        self.status = conn.status
-        self.content_type = conn.content_type
-
-    async def read(self) -> bytes:
-        conn = self._conn
-        while not conn.complete:
-            await conn.wait(self._read_timeout)
-        return conn.take()
-
-    async def next_chunk(self) -> bytes:
-        """What the replica sent since the last call, as soon as there is some; b"" at the end."""
-        conn = self._conn
-        while True:
-            if conn.chunks:
-                return conn.take()
-            if conn.complete:
-                return b""
-            await conn.wait(self._read_timeout)
-
-    def release(self) -> None:
-        """The answer was relayed: keep the connection if it can carry another request."""
-        self._conn.pool.give_back(self._conn)
-
-    def close(self) -> None:
-        """Drop the connection: how the replica learns that nobody waits for the answer."""
-        self._conn.close()
-
-
-class UpstreamPool:
-    """Keep-alive connections to every replica, and the requests made on them."""
+class Upstream:
+    """The pooled session to every replica; make it on the event loop that will use it."""
 
     def __init__(self, connect_timeout: float, read_timeout: float) -> None:
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self._idle: dict[str, list[_Conn]] = {}
-        self._all: set[_Conn] = set()
-        self._hosts: dict[str, tuple[str, int, bytes]] = {}
-        self.closed = False
+        connector = aiohttp.TCPConnector(
+            limit=LIMIT,
+            limit_per_host=LIMIT_PER_HOST,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            enable_cleanup_closed=_CLEANUP_CLOSED,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # No total: a stream may run for as long as its replica keeps sending.
+            timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout),
+            auto_decompress=False,  # bytes go through as the replica sent them
+            skip_auto_headers=_SKIP_HEADERS,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+        )
+        self._urls: dict[tuple[str, str], URL] = {}
+        #: Answers handed out; the finished ones leave as soon as nothing else holds them.
+        self._responses: weakref.WeakSet[UpstreamResponse] = weakref.WeakSet()
 
     async def post(self, address: str, path: str, body: bytes, request_id: str) -> UpstreamResponse:
         """Send the request; return once the replica's status line and headers are in."""
-        host, port, host_header = self._host(address)
-        conn = await self._conn(address, host, port)
-        conn.reset()
-        assert conn.transport is not None  # a pooled or new connection is open
-        head = b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n" % (
-            path.encode("latin-1"),
-            host_header,
-        )
-        head += b"Content-Length: %d\r\nX-Request-Id: %s\r\n\r\n" % (
-            len(body),
-            request_id.encode("latin-1"),
-        )
-        conn.transport.writelines((head, body))
+        url = self._urls.get((address, path))
+        if url is None:
+            if len(self._urls) >= _MAX_URLS:
+                self._urls.clear()
+            url = self._urls[(address, path)] = URL(address + path)
+        headers = {hdrs.CONTENT_TYPE: "application/json", "X-Request-Id": request_id}
         try:
-            while not conn.headers_done:
-                await conn.wait(self.read_timeout)
-        except BaseException:
-            conn.close()
-            raise
-        return UpstreamResponse(conn, self.read_timeout)
+            response = await self._session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            )
+        except _UNREACHABLE as exc:
+            raise UpstreamUnreachable(f"replica {address}: {exc!r}") from exc
+        self._responses.add(response)
+        return response
 
-    def _host(self, address: str) -> tuple[str, int, bytes]:
-        found = self._hosts.get(address)
-        if found is None:
-            parts = urlsplit(address)
-            if parts.scheme != "http" or not parts.hostname:
-                raise UpstreamUnreachable(f"replica address {address!r} is not http://host:port")
-            found = (parts.hostname, parts.port or 80, parts.netloc.encode("latin-1"))
-            self._hosts[address] = found
-        return found
-
-    async def _conn(self, key: str, host: str, port: int) -> _Conn:
-        idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        if self.closed:
-            raise UpstreamUnreachable("the gateway is shutting down")
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Conn(self, key), host, port)
-        except (OSError, TimeoutError) as exc:
-            raise UpstreamUnreachable(f"cannot connect to {host}:{port}: {exc!r}") from exc
-        self._all.add(conn)
-        return conn
-
-    def give_back(self, conn: _Conn) -> None:
-        idle = self._idle.setdefault(conn.key, [])
-        if (
-            self.closed
-            or not (conn.complete and conn.keep_alive)
-            or conn.transport is None
-            or len(idle) >= _MAX_IDLE
-        ):
-            conn.close()
-            return
-        idle.append(conn)
-
-    def forget(self, conn: _Conn) -> None:
-        self._all.discard(conn)
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
-
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close every connection: requests still running on them break off."""
-        self.closed = True
-        for conn in list(self._all):
-            conn.close()
-        self._idle.clear()
+        # aiohttp detaches an answer from its connection before closing it, so a read already
+        # waiting would wait for sock_read to elapse: fail those reads now.
+        for response in list(self._responses):
+            if not response.closed:
+                cut = aiohttp.ClientConnectionError("the gateway closed the connection")
+                response.content.set_exception(cut)
+        await self._session.close()

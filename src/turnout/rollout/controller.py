@@ -295,6 +295,7 @@ class RolloutController:
             handles.append(await self.replicas.start(deployment, endpoint, weight_path, taken))
         await self._event(deployment.id, Step.WARMING, "waiting for readiness and a warm-up")
         await self._gate_and_serve(deployment, endpoint, handles, heal=False)
+        await self._event(deployment.id, Step.WARMING, "all new replicas ready and warmed up")
         old = await self._switch(deployment, endpoint)
         await self._drain(deployment, old)
 
