@@ -25,6 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy src/turnout
+	$(PY) .ci/layout.py
 
 serve: $(STAMP)
 	$(VENV)/bin/turnout serve
