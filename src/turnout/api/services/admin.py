@@ -14,7 +14,7 @@ from turnout.rollout.states import ACTIVE
 from turnout.store import endpoints as endpoints_repo
 from turnout.store import tenants
 from turnout.store.db import Database
-from turnout.store.records import ArchitectureRecord, Endpoint, KeyKind
+from turnout.store.records import ApiKey, ArchitectureRecord, Endpoint, KeyKind
 
 
 def catalog_records() -> list[ArchitectureRecord]:
@@ -31,6 +31,19 @@ def _check_name(value: str, what: str, param: str) -> None:
             "or '-', starting with a letter and ending with a letter or digit",
             param=param,
         )
+
+
+def _key_out(key: ApiKey, token: str | None = None) -> wire.KeyOut:
+    """``token`` only in the response that creates the key: it is never stored."""
+    return wire.KeyOut(
+        id=key.id,
+        org=key.org_name,
+        kind=key.kind,
+        prefix=key.prefix,
+        created=key.created,
+        revoked=key.revoked,
+        key=token,
+    )
 
 
 def _endpoint_out(e: Endpoint) -> wire.EndpointOut:
@@ -89,44 +102,18 @@ class AdminService:
                 key_hash=hash_key(token),
                 prefix=token[:8],
             )
-        return wire.KeyOut(
-            id=key.id,
-            org=org.name,
-            kind=key.kind,
-            prefix=key.prefix,
-            created=key.created,
-            key=token,
-        )
+        return _key_out(key, token)
 
     async def list_keys(self, org_name: str | None) -> wire.KeyList:
         async with self.db.session() as s:
             org = await tenants.get_org(s, org_name) if org_name else None
             keys = await tenants.list_keys(s, org)
-        return wire.KeyList(
-            keys=[
-                wire.KeyOut(
-                    id=k.id,
-                    org=k.org_name,
-                    kind=k.kind,
-                    prefix=k.prefix,
-                    created=k.created,
-                    revoked=k.revoked,
-                )
-                for k in keys
-            ]
-        )
+        return wire.KeyList(keys=[_key_out(k) for k in keys])
 
     async def revoke_key(self, key_id: str) -> wire.KeyOut:
         async with self.db.session() as s:
-            k = await tenants.revoke_key(s, key_id)
-        return wire.KeyOut(
-            id=k.id,
-            org=k.org_name,
-            kind=k.kind,
-            prefix=k.prefix,
-            created=k.created,
-            revoked=k.revoked,
-        )
+            key = await tenants.revoke_key(s, key_id)
+        return _key_out(key)
 
     async def list_architectures(self) -> wire.ArchList:
         async with self.db.session() as s:
