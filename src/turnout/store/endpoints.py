@@ -158,6 +158,7 @@ async def create_deployment(
             version_id=version_pk,
             alias_used=alias_used,
             state=state,
+            step="submitted",
             created=ts,
             updated=ts,
         )
