@@ -155,8 +155,8 @@ def test_seed_repeats_sampled_output(client: httpx.Client) -> None:
         ({"messages": []}, 400, "messages", "bad_request"),
         ({"messages": HELLO, "max_tokens": 100000}, 400, "max_tokens", "context_length_exceeded"),
         ({"messages": [{"role": "user", "content": "word " * 600}]}, 400, "messages", None),
-        ({"messages": [{"role": "wizard", "content": "hi"}]}, 422, "messages.0.role", None),
-        ({"messages": HELLO, "temperature": 9}, 422, "temperature", "validation_error"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role", None),
+        ({"messages": HELLO, "temperature": 9}, 400, "temperature", "validation_error"),
     ],
 )
 def test_bad_requests(

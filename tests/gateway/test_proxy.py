@@ -127,7 +127,8 @@ def test_bad_bodies_are_rejected_before_any_replica(replicas: Replicas, gateway:
     headers = {"Authorization": f"Bearer {KEY_A}"}
     r = httpx.post(gw.url + CHAT, content=b"{not json", headers=headers)
     assert r.status_code == 400
-    assert post(gw, {"messages": []}).json()["param"] == "model"
+    missing = post(gw, {"messages": []})
+    assert missing.status_code == 400 and missing.json()["param"] == "model"
     assert a.seen == []
 
 

@@ -222,6 +222,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def turnout_error(request: Request, exc: TurnoutError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    # The inference surface answers a bad field value with 400, as OpenAI and Cerebras clients
+    # expect (BadRequestError); the management API's 422 (DESIGN §4) is for its own schemas.
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -230,7 +232,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
         body = {"message": message, "type": "invalid_request_error"}
         return JSONResponse(
-            {**body, "param": ".".join(loc) or None, "code": "validation_error"}, status_code=422
+            {**body, "param": ".".join(loc) or None, "code": "validation_error"}, status_code=400
         )
 
     @app.exception_handler(StarletteHTTPException)

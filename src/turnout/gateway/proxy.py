@@ -32,7 +32,6 @@ from turnout.errors import (
     Unauthenticated,
     UpstreamBadResponse,
     UpstreamTimeout,
-    ValidationFailed,
 )
 from turnout.gateway.keys import InferenceKeys
 from turnout.gateway.metrics import GatewayMetrics
@@ -375,8 +374,10 @@ def _parse_request(body: bytes) -> tuple[str, bool]:
         raise BadRequest("The request body must be a JSON object.")
     model = payload.get("model")
     if not isinstance(model, str) or not model:
-        raise ValidationFailed(
-            "Field `model` is required: set it to the endpoint id.", param="model"
+        raise BadRequest(
+            "Field `model` is required: set it to the endpoint id.",
+            param="model",
+            code="validation_error",
         )
     return model, payload.get("stream") is True
 
