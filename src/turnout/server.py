@@ -90,14 +90,35 @@ class Runtime:
         await self.db.migrate()
         await self.services.admin.seed()
         if self.sync is not None:
-            await self.sync.recover()
-            self._loop("sync", self.sync.reconcile, self.sync.wakeup, 1.0)
-        if self.rollout is not None and self.placement is not None:
-            await self.rollout.recover(await self.placement.recover())
-            self._loop("rollout", self.rollout.reconcile, self.rollout.wakeup, 1.0)
+            if self.role is Role.WORKER and not self.db.is_sqlite:
+                # Several workers may run for availability; one leads at a time.
+                self.tasks.append(asyncio.create_task(self._lead(), name="leader election"))
+            else:
+                await self._start_workers()
         if self.follower is not None:
             await self.follower.reconcile()
             self._loop("routing", self.follower.reconcile, self.follower.wakeup, 0.25)
+
+    async def _start_workers(self) -> None:
+        assert self.sync is not None and self.rollout is not None and self.placement is not None
+        await self.sync.recover()
+        self._loop("sync", self.sync.reconcile, self.sync.wakeup, 1.0)
+        await self.rollout.recover(await self.placement.recover())
+        self._loop("rollout", self.rollout.reconcile, self.rollout.wakeup, 1.0)
+
+    async def _lead(self) -> None:
+        """Wait for the leader lock (held by a session for this process's life), then work."""
+        waited = False
+        while not self.stopping.is_set():
+            if await self.db.try_leader_lock():
+                log.info("worker %s is the leader", os.getpid())
+                await self._start_workers()
+                return
+            if not waited:
+                log.info("worker %s on standby until the leader lock frees", os.getpid())
+                waited = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=2.0)
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -112,6 +133,7 @@ class Runtime:
             await self.placement.close()
         if self.sync is not None:
             await self.sync.close()
+        await self.db.release_leader_lock()
         await self.db.dispose()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from tests.conftest import TinyModelFactory
 from tests.databases import create_pg_database, drop_pg_database
-from tests.e2e.rollout_env import Deployed
+from tests.e2e.rollout_env import Deployed, wait_until
 from tests.e2e.server import TurnoutServer
 from tests.e2e.test_rollout import Load
 
@@ -75,4 +76,44 @@ def test_worker_api_gateway_processes(
         assert after and {o.version for o in after} == {deployed.version_id("v2")}
     finally:
         for server in reversed(servers):
+            server.stop()
+
+
+@pytest.mark.timeout(300)
+def test_one_worker_leads_and_a_standby_takes_over(
+    tmp_path: Path, tiny_model: TinyModelFactory, pg_url: str
+) -> None:
+    weights = tmp_path / "weights-in"
+    shutil.copytree(tiny_model(seed=1), weights / "seed1")
+    env = {"TURNOUT_DATABASE_URL": pg_url, "TURNOUT_ALLOWED_LOCAL_ROOTS": str(weights)}
+    data = tmp_path / "data"
+    workers = [TurnoutServer(data, env=env, role="worker") for _ in range(2)]
+    api = TurnoutServer(data, env=env, role="api")
+    try:
+        for server in (*workers, api):
+            server.start()
+
+        def roles() -> list[str]:
+            logs = [w.log_path.read_text() for w in workers]
+            return [
+                "leads" if "is the leader" in t else "standby" if "standby" in t else "?"
+                for t in logs
+            ]
+
+        assert sorted(wait_until(roles, lambda r: "?" not in r, timeout=30)) == ["leads", "standby"]
+        leader = workers[roles().index("leads")]
+        standby = workers[roles().index("standby")]
+        api.cli("admin", "org", "create", "acme")
+        mk = api.cli(
+            "admin", "key", "create", "--org", "acme", "--kind", "management"
+        ).stdout.strip()
+        api.cli("admin", "endpoint", "create", "acme-tiny", "--org", "acme", "--arch", "tiny-llama")
+        deployed = Deployed(api, mk, "", "acme-tiny")
+        deployed.upload("v1", weights / "seed1")
+        leader.stop(signal.SIGKILL)
+        wait_until(lambda: standby.log_path.read_text(), lambda t: "is the leader" in t, timeout=30)
+        done = deployed.wait_done(deployed.deploy("v1"))
+        assert done["response"]["rollout_status"] == "complete"
+    finally:
+        for server in (api, *workers):
             server.stop()

@@ -14,9 +14,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -72,6 +73,7 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._leader: AsyncConnection | None = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -94,6 +96,26 @@ class Database:
     def _lock_path(self) -> Path | None:
         path = make_url(self.url).database
         return Path(path + ".migrate-lock") if path and path != ":memory:" else None
+
+    async def try_leader_lock(self) -> bool:
+        """PostgreSQL: take the worker leader lock on a connection kept for this process's life
+        (the lock goes with the session, so a crashed leader frees it). SQLite: always True."""
+        if self.is_sqlite:
+            return True
+        if self._leader is not None:
+            return True
+        conn = await self.engine.connect()
+        got = await conn.scalar(text("SELECT pg_try_advisory_lock(774212)"))
+        if got:
+            self._leader = conn
+            return True
+        await conn.close()
+        return False
+
+    async def release_leader_lock(self) -> None:
+        if self._leader is not None:
+            await self._leader.close()
+            self._leader = None
 
     async def dispose(self) -> None:
         await self.engine.dispose()
