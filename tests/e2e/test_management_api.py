@@ -171,7 +171,9 @@ def test_walkthrough_upload_alias_deploy_status(api: httpx.Client, v1: dict[str,
     assert [d["id"] for d in status["deployed_models"]] == [op["name"]]
     shown = status["deployed_models"][0]
     assert shown["model"] == "orgs/my-org/models/tiny-llama/versions/1"
-    assert shown["version_alias"] == "production" and shown["state"] == "not_started"
+    # The rollout worker may already have picked it up.
+    assert shown["version_alias"] == "production"
+    assert shown["state"] in ("not_started", "in_progress")
 
     # The rollout worker runs it for real: a built-in engine replica on the tiny model.
     done = wait_deployed(api, op["name"])

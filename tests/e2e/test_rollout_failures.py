@@ -24,7 +24,20 @@ def deployed(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModelFactory
 ) -> Iterator[Deployed]:
     root = tmp_path_factory.mktemp("failures")
-    env = make_deployed(root, tiny_model, {"TURNOUT_DRAIN_TIMEOUT": "120"})
+    # A slow test-double engine holds streams open for ~15 s, so a test can catch the drain step.
+    templates = root / "engines.json"
+    slow = {"argv": ["{python}", str(Path(__file__).with_name("slow_engine.py")), "--host",
+                     "{host}", "--port", "{port}", "--served-name", "{served_name}"]}  # fmt: skip
+    templates.write_text(json.dumps({"slow": slow}))
+    env = make_deployed(
+        root,
+        tiny_model,
+        {"TURNOUT_DRAIN_TIMEOUT": "120", "TURNOUT_ENGINE_TEMPLATES": str(templates)},
+    )
+    env.server.cli(
+        "admin", "endpoint", "create", "acme-slow", "--org", "acme", "--arch", "tiny-llama",
+        "--engine", "slow",
+    )  # fmt: skip
     broken = root / "weights-in" / "broken-engine"
     shutil.copytree(tiny_model(seed=1), broken)
     config = json.loads((broken / "config.json").read_text())
@@ -38,12 +51,12 @@ def deployed(
         env.server.stop()
 
 
-def serving_version(env: Deployed) -> int:
+def serving_version(env: Deployed, endpoint: str | None = None) -> int:
     resp = httpx.post(
         env.server.url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {env.inference_key}"},
         json={
-            "model": env.endpoint,
+            "model": endpoint or env.endpoint,
             "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": 4,
         },
@@ -102,13 +115,19 @@ def test_back_to_back_deployments_run_in_order(deployed: Deployed) -> None:
 
 
 def test_kill_9_during_drain_then_restart(deployed: Deployed) -> None:
-    assert serving_version(deployed) == deployed.version_id("v1")
+    slow = "acme-slow"
+    with deployed.api() as api:
+        first = api.post(
+            f"/management/v1/endpoints/{slow}:deployModel",
+            json={"model": deployed.versions["v1"]["name"]},
+        ).json()["name"]
+    assert deployed.wait_done(first)["response"]["rollout_status"] == "complete"
+    assert serving_version(deployed, slow) == deployed.version_id("v1")
     # A long stream holds the old replica in the drain step.
     holding = threading.Event()
 
     def long_stream() -> None:
-        body = {"model": deployed.endpoint, "stream": True, "max_tokens": 400,
-                "messages": [{"role": "user", "content": "Tell me a long story."}]}  # fmt: skip
+        body = {"model": slow, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         try:
             url = deployed.server.url + "/v1/chat/completions"
             auth = {"Authorization": f"Bearer {deployed.inference_key}"}
@@ -121,24 +140,31 @@ def test_kill_9_during_drain_then_restart(deployed: Deployed) -> None:
     reader = threading.Thread(target=long_stream, daemon=True)
     reader.start()
     assert holding.wait(60)
-    deployment_id = deployed.deploy("v2")
+    with deployed.api() as api:
+        second = api.post(
+            f"/management/v1/endpoints/{slow}:deployModel",
+            json={"model": deployed.versions["v2"]["name"]},
+        ).json()["name"]
     wait_until(
-        lambda: deployed.deployment(deployment_id),
+        lambda: deployed.deployment(second),
         lambda b: b["response"].get("step") == "draining",
         timeout=120,
+        interval=0.05,
     )
     deployed.server.stop(signal.SIGKILL)
     reader.join(timeout=30)
     deployed.server.start()
-    done = deployed.wait_done(deployment_id)
+    done = deployed.wait_done(second)
     assert done["response"]["rollout_status"] == "complete"
-    version = wait_until(lambda: _try_version(deployed), lambda v: v is not None, timeout=120)
+    version = wait_until(lambda: _try_version(deployed, slow), lambda v: v is not None, timeout=120)
     assert version == deployed.version_id("v2")
+    # The tiny-llama endpoint came back too, on fresh replicas of its serving version.
+    assert wait_until(lambda: _try_version(deployed), lambda v: v is not None, timeout=120)
 
 
-def _try_version(env: Deployed) -> int | None:
+def _try_version(env: Deployed, endpoint: str | None = None) -> int | None:
     try:
-        return serving_version(env)
+        return serving_version(env, endpoint)
     except AssertionError:
         return None
 
