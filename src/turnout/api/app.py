@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
@@ -37,6 +37,3 @@ def create_management_app(
 
 async def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok", "version": __version__})
-
-
-__all__ = ["AsyncIterator", "create_management_app"]

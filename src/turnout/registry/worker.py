@@ -53,11 +53,6 @@ class SyncWorker:
     def _forget(self, version_id: int, _task: asyncio.Task[None]) -> None:
         self._running.pop(version_id, None)
 
-    async def drain(self) -> None:
-        """Wait for every running sync (tests use this for a deterministic end state)."""
-        while self._running:
-            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
-
     async def close(self) -> None:
         for task in list(self._running.values()):
             task.cancel()
