@@ -91,16 +91,25 @@ def run_upstream(port: int) -> None:
 # ---------------------------------------------------------------- gateway process
 
 
-def run_gateway(port: int, upstream: str) -> None:
+def run_gateway(port: int, upstream: str, engine: str | None = None) -> None:
     import uvicorn
 
     from turnout.gateway.app import create_gateway_app
     from turnout.gateway.keys import StaticInferenceKeys, hash_key
     from turnout.gateway.routing import EndpointRoute, ReplicaRoute, Router, RoutingTable
 
-    route = EndpointRoute("bench", "org", "dep", 1, "fp_0123456789", (ReplicaRoute("r", upstream),))
+    routes = {
+        "bench": EndpointRoute(
+            "bench", "org", "dep", 1, "fp_0123456789", (ReplicaRoute("r", upstream),)
+        )
+    }
+    if engine:
+        # The built-in engine serves under the name "tiny", which is also this endpoint's id.
+        routes["tiny"] = EndpointRoute(
+            "tiny", "org", "dep-e", 1, "fp_0123456789", (ReplicaRoute("e", engine),)
+        )
     app = create_gateway_app(
-        Router(RoutingTable({"bench": route}, 1)), StaticInferenceKeys({hash_key(KEY): "org"})
+        Router(RoutingTable(routes, 1)), StaticInferenceKeys({hash_key(KEY): "org"})
     )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, ws="none")
 
@@ -310,15 +319,32 @@ async def measure(
     out["ttft"] = summary(ttft_d, ttft_g)
     out["streams_256"] = await many_streams(gateway)
     if engine is not None:
-        e_body = json.dumps(
-            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-        ).encode()
-        tiny = Target(engine)
-        e_req = tiny.request(e_body)
-        lat_e = await sequential(lambda: tiny.call(e_req), 100)
-        out["engine_c1_direct_ms"] = {"p50": pct(lat_e, 0.5) * 1e3, "p99": pct(lat_e, 0.99) * 1e3}
-        tiny.close()
+        out.update(await measure_engine(engine, gateway_url))
     out["errors"] = direct.errors + gateway.errors
+    direct.close()
+    gateway.close()
+    return out
+
+
+async def measure_engine(engine_url: str, gateway_url: str) -> dict[str, Any]:
+    """The same comparisons against the built-in engine on a tiny model (c=1, interleaved)."""
+    messages = [{"role": "user", "content": "hi"}]
+    body = json.dumps({"model": "tiny", "messages": messages, "max_tokens": 4}).encode()
+    stream = json.dumps(
+        {"model": "tiny", "messages": messages, "max_tokens": 4, "stream": True}
+    ).encode()
+    direct, gateway = Target(engine_url), Target(gateway_url)
+    lat_d: list[float] = []
+    lat_g: list[float] = []
+    ttft_d: list[float] = []
+    ttft_g: list[float] = []
+    for _ in range(2):
+        lat_d += await sequential(lambda: direct.call(direct.request(body)), 50)
+        lat_g += await sequential(lambda: gateway.call(gateway.request(body)), 50)
+        ttft_d += await sequential(lambda: direct.ttft(direct.request(stream)), 50)
+        ttft_g += await sequential(lambda: gateway.ttft(gateway.request(stream)), 50)
+    out = {"engine_c1": summary(lat_d, lat_g), "engine_ttft": summary(ttft_d, ttft_g)}
+    out["engine_errors"] = direct.errors + gateway.errors
     direct.close()
     gateway.close()
     return out
@@ -358,7 +384,7 @@ def spawn(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, __file__, *args], env=env)
 
 
-def start_engine(procs: list[subprocess.Popen[bytes]]) -> str | None:
+def start_engine(procs: list[subprocess.Popen[bytes]], port: int) -> str | None:
     try:
         from turnout.registry.tinymodel import write_tiny_model
     except ImportError as exc:
@@ -366,7 +392,6 @@ def start_engine(procs: list[subprocess.Popen[bytes]]) -> str | None:
         return None
     model_dir = Path(tempfile.mkdtemp(prefix="bench-tiny-"))
     write_tiny_model(model_dir)
-    port = free_port()
     cmd = [sys.executable, "-m", "turnout.cli.main", "engine", "serve"]
     cmd += ["--model-dir", str(model_dir), "--port", str(port), "--served-name", "tiny"]
     cmd += ["--log-level", "warning"]
@@ -430,12 +455,13 @@ def main() -> None:
     if opts.role == "upstream":
         return run_upstream(int(opts.args[0]))
     if opts.role == "gateway":
-        return run_gateway(int(opts.args[0]), opts.args[1])
-    up_port, gw_port = free_port(), free_port()
+        return run_gateway(int(opts.args[0]), opts.args[1], (opts.args[2:] or [""])[0] or None)
+    up_port, gw_port, engine_port = free_port(), free_port(), free_port()
     direct, gateway = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
-    procs = [spawn("upstream", str(up_port)), spawn("gateway", str(gw_port), direct)]
+    engine_url = "" if opts.no_engine else f"http://127.0.0.1:{engine_port}"
+    procs = [spawn("upstream", str(up_port)), spawn("gateway", str(gw_port), direct, engine_url)]
     try:
-        engine = None if opts.no_engine else start_engine(procs)
+        engine = None if opts.no_engine else start_engine(procs, engine_port)
         asyncio.run(wait_ready(gateway + "/metrics"))
         if engine is not None:
             asyncio.run(wait_ready(engine + "/ready"))
@@ -480,9 +506,22 @@ def print_table(report: dict[str, Any]) -> None:
         ("256 concurrent streams", f"{s['failed']} failed in {s['seconds']:.2f} s", "0 failed"),
         ("errors", str(r["errors"]), "0"),
     ]
-    if "engine_c1_direct_ms" in r:
-        e = r["engine_c1_direct_ms"]
-        rows.append(("engine direct p50/p99", f"{e['p50']:.1f} / {e['p99']:.1f} ms", ""))
+    if "engine_c1" in r:
+        e, t = r["engine_c1"], r["engine_ttft"]
+        rows += [
+            (
+                "engine direct p50/p99",
+                f"{e['direct_p50_ms']:.2f} / {e['direct_p99_ms']:.2f} ms",
+                "",
+            ),
+            ("engine added p50/p99", f"{e['added_p50_ms']:.3f} / {e['added_p99_ms']:.3f} ms", ""),
+            (
+                "engine added TTFT p50/p99",
+                f"{t['added_p50_ms']:.3f} / {t['added_p99_ms']:.3f} ms",
+                "",
+            ),
+            ("engine errors", str(r["engine_errors"]), "0"),
+        ]
     m = report["machine"]
     print(f"machine: {m['nproc']} cpus, {m['cpu']}, uvloop={m['uvloop']}")
     for name, value, target in rows:
