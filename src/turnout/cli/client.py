@@ -17,9 +17,8 @@ import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
 
-from turnout.cli.context import JsonFlag
+from turnout.cli.context import JsonFlag, dump, table
 
 V1 = "/management/v1"
 EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE = 1, 2, 3
@@ -91,17 +90,6 @@ def need(value: str, what: str, env: str) -> str:
         err.print(f"[red]error:[/red] no {what}: pass --{what} or set {env}")
         raise typer.Exit(EXIT_REFUSED)
     return value
-
-
-def dump(data: dict[str, Any]) -> None:
-    typer.echo(json.dumps(data, indent=2))
-
-
-def table(columns: list[str], rows: list[list[object]]) -> None:
-    t = Table(*columns)
-    for row in rows:
-        t.add_row(*["-" if v is None else str(v) for v in row])
-    out.print(t)
 
 
 def tail(name: str) -> str:

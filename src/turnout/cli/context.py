@@ -45,17 +45,27 @@ def run_or_exit(work: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(code=2 if exc.status < 500 else 1) from None
 
 
+def dump(data: object) -> None:
+    """JSON for scripts, on stdout."""
+    typer.echo(json.dumps(data, indent=2))
+
+
+def table(columns: list[str], rows: list[list[object]]) -> None:
+    """A table for people, on stdout; None shows as '-', lists as comma-separated."""
+    rendered = Table(*columns)
+    for row in rows:
+        rendered.add_row(*[_cell(value) for value in row])
+    Console().print(rendered)
+
+
 def emit(model: BaseModel, as_json: bool, columns: list[str], rows_key: str | None = None) -> None:
     """Print a schema as JSON, or as a table of ``columns`` for people."""
     data = model.model_dump(mode="json")
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        dump(data)
         return
     rows = data[rows_key] if rows_key else [data]
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*[_cell(row.get(c)) for c in columns])
-    Console().print(table)
+    table(columns, [[row.get(c) for c in columns] for row in rows])
 
 
 def _cell(value: object) -> str:
