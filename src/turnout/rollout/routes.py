@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection
 from types import MappingProxyType
 from typing import Protocol
@@ -140,8 +141,16 @@ class StoreRouteSink:
 
 
 class StoreFollower:
-    """A gateway in its own process: rebuild the routing table and key cache from the store
-    when the generation moves (and refresh keys every pass), then acknowledge it."""
+    """A gateway in its own process: rebuild the routing table from the store when the
+    generation moves and acknowledge it at once; refresh keys and the heartbeat once a second.
+
+    It polls every 250 ms so a switch reaches it quickly, but only a generation change costs a
+    rebuild and a write; otherwise a pass is one indexed read.
+    """
+
+    #: Seconds between key-cache refreshes and heartbeats (well inside the worker's 5 s
+    #: liveness window for gateways).
+    REFRESH = 1.0
 
     def __init__(self, db: Database, router: Router, keys: StaticInferenceKeys, gateway_id: str):
         self.db = db
@@ -150,12 +159,15 @@ class StoreFollower:
         self.gateway_id = gateway_id
         self.wakeup = asyncio.Event()
         self._seen = -1
+        self._refreshed = float("-inf")
 
     async def reconcile(self) -> None:
+        now = time.monotonic()
+        due = now - self._refreshed >= self.REFRESH
         async with self.db.session() as s:
             generation = await routing.routing_generation(s)
-            self.keys.replace(await tenants.active_key_hashes(s, KeyKind.INFERENCE))
-            if generation != self._seen:
+            moved = generation != self._seen
+            if moved:
                 table = next_table(self.router.current(), await build_routes(s))
                 if table is not None:
                     self.router.swap(table)
@@ -163,4 +175,8 @@ class StoreFollower:
                         "gateway %s follows generation %d: %s", self.gateway_id, generation, table
                     )
                 self._seen = generation
-            await routing.record_gateway(s, self.gateway_id, generation)
+            if due:
+                self.keys.replace(await tenants.active_key_hashes(s, KeyKind.INFERENCE))
+                self._refreshed = now
+            if moved or due:
+                await routing.record_gateway(s, self.gateway_id, generation)
