@@ -158,7 +158,3 @@ _BY_ID: Final = {a.arch_id: a for a in BUILTIN_ARCHITECTURES}
 
 def get_architecture(arch_id: str) -> Architecture | None:
     return _BY_ID.get(arch_id)
-
-
-def builtin_ids() -> list[str]:
-    return [a.arch_id for a in BUILTIN_ARCHITECTURES]

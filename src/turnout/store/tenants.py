@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -156,12 +156,6 @@ async def grant(session: AsyncSession, org: Org, arch_id: str) -> None:
     if await session.get(ArchGrantRow, (org.id, arch_id)) is None:
         session.add(ArchGrantRow(org_id=org.id, arch_id=arch_id))
         await session.flush()
-
-
-async def revoke_grant(session: AsyncSession, org: Org, arch_id: str) -> None:
-    await session.execute(
-        delete(ArchGrantRow).where(ArchGrantRow.org_id == org.id, ArchGrantRow.arch_id == arch_id)
-    )
 
 
 async def granted_architectures(session: AsyncSession, org: Org) -> list[str]:
