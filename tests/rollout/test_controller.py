@@ -201,3 +201,22 @@ async def test_recover_forgets_dead_and_stops_unknown_replicas(db: Database) -> 
     assert len(router.current().endpoints["acme-tiny"].replicas) == 2
     await fresh.close()
     await placement.close()
+
+
+async def test_a_stale_relaunch_of_a_finished_rollout_touches_nothing(db: Database) -> None:
+    # A reconcile pass may read a deployment as active just before its rollout completes and
+    # launch it again when the endpoint frees up; that copy must not stop the serving replicas.
+    placement, router = FakePlacement(), Router()
+    controller = make(db, placement, router)
+    await submit(db, 1, "d1")
+    async with db.session() as s:
+        stale = await endpoints.get_deployment(s, "d1")  # read while not_started
+    await run_until_idle(controller)
+    assert await state(db, "d1") == "complete"
+    serving = set(placement.running)
+    await controller._rollout(stale)
+    assert set(placement.running) == serving and not placement.stopped
+    assert await state(db, "d1") == "complete"
+    assert len(router.current().endpoints["acme-tiny"].replicas) == 2
+    await controller.close()
+    await placement.close()

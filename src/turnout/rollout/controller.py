@@ -180,7 +180,10 @@ class RolloutController:
     async def _rollout(self, deployment: Deployment) -> None:
         self._heal_failed.discard(deployment.endpoint_id)
         try:
-            endpoint, weight_path = await self._begin(deployment)
+            begun = await self._begin(deployment)
+            if begun is None:
+                return
+            endpoint, weight_path = begun
             if await self._must_roll(endpoint):
                 await self._rolling(deployment, endpoint, weight_path)
             else:
@@ -206,7 +209,13 @@ class RolloutController:
         if state is S.CANCELLED:
             raise RolloutAborted(S.CANCELLED, "cancelled", "cancelled by request")
 
-    async def _begin(self, deployment: Deployment) -> tuple[Endpoint, str]:
+    async def _begin(self, deployment: Deployment) -> tuple[Endpoint, str] | None:
+        """Mark the deployment running; None when it is no longer active.
+
+        A reconcile pass can read a deployment as active just before its rollout finishes and
+        launch it again once the endpoint is idle; that stale copy must touch nothing (its
+        replicas now serve). A deployment cancelled before it started has no replicas either.
+        """
         async with self.db.session() as s:
             endpoint = await repo.get_endpoint(s, deployment.endpoint_id)
             version = await versions.get_version_by_pk(s, deployment.version_id)
@@ -218,7 +227,8 @@ class RolloutController:
                 step=Step.STARTING.value,
             )
         if not moved:
-            raise RolloutAborted(S.CANCELLED, "cancelled", "cancelled before it started")
+            log.info("deployment %s is no longer active; nothing to do", deployment.id)
+            return None
         if version is None or not version.weight_path:
             raise RolloutAborted(
                 S.FAILED, "version_missing", f"{deployment.model_name} has no weights"
