@@ -46,8 +46,7 @@ BUILTIN_ENGINE = EngineCommand(
     argv=(
         "{python}",
         "-m",
-        "turnout.cli.main",
-        "engine",
+        "turnout.engine",
         "serve",
         "--model-dir",
         "{model_dir}",
