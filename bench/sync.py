@@ -39,7 +39,8 @@ from boto3.s3.transfer import TransferConfig
 from safetensors.torch import save_file
 
 from turnout.registry.architectures import Architecture, get_architecture
-from turnout.registry.sync import SyncConfig, SyncRequest, sync_weights
+from turnout.registry.config import SyncConfig
+from turnout.registry.sync import SyncRequest, sync_weights
 
 BUCKET = "bench"
 PREFIX = "smollm2"

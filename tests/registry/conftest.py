@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from turnout.registry.architectures import Architecture, get_architecture
-from turnout.registry.sync import SyncConfig
+from turnout.registry.config import SyncConfig
 
 ModelFactory = Callable[..., Path]
 

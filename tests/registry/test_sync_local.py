@@ -12,13 +12,8 @@ from tests.conftest import TinyModelFactory
 from tests.registry.conftest import ModelFactory, assert_no_leftovers
 from turnout.errors import BadRequest, SourceNotAllowed
 from turnout.registry.architectures import Architecture
-from turnout.registry.sync import (
-    SyncConfig,
-    SyncFailed,
-    SyncRequest,
-    check_source_uri,
-    sync_weights,
-)
+from turnout.registry.config import SyncConfig
+from turnout.registry.sync import SyncFailed, SyncRequest, check_source_uri, sync_weights
 
 
 def _sync(uri: str, arch: Architecture, config: SyncConfig, job: str = "org/tiny/1") -> object:

@@ -15,7 +15,8 @@ import pytest
 
 from tests.registry.conftest import ModelFactory, assert_no_leftovers, upload_dir
 from turnout.registry.architectures import Architecture
-from turnout.registry.sync import SyncConfig, SyncFailed, SyncRequest, SyncResult, sync_weights
+from turnout.registry.config import SyncConfig
+from turnout.registry.sync import SyncFailed, SyncRequest, SyncResult, sync_weights
 from turnout.registry.weightstore import WeightStore
 
 pytestmark = pytest.mark.usefixtures("aws_env")

@@ -16,9 +16,9 @@ import pytest
 from tests.registry.conftest import ModelFactory, assert_no_leftovers
 from turnout.errors import SourceNotAllowed
 from turnout.registry.architectures import Architecture
+from turnout.registry.config import SyncConfig
 from turnout.registry.sources.web import AddressRefused, GuardedResolver
 from turnout.registry.sync import (
-    SyncConfig,
     SyncFailed,
     SyncRequest,
     SyncResult,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from turnout.registry.architectures import Architecture
+from turnout.registry.config import SyncConfig
 from turnout.registry.sources import open_source
 from turnout.registry.sources.base import (
     FetchContext,
@@ -34,7 +35,6 @@ from turnout.registry.weightstore import StagingBusy, WeightStore, hash_model_di
 
 __all__ = [
     "ProgressCallback",
-    "SyncConfig",
     "SyncFailed",
     "SyncRequest",
     "SyncResult",
@@ -45,26 +45,6 @@ __all__ = [
 
 #: How many validation problems one message lists (the rest are counted).
 _SHOW_PROBLEMS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class SyncConfig:
-    weights_dir: Path
-    #: file:// confinement; an empty tuple allows no local source at all.
-    allowed_local_roots: tuple[Path, ...]
-    #: https hosts allowed although they resolve to loopback/private addresses (and which may
-    #: be reached over plain http).
-    allowed_hosts: tuple[str, ...] = ()
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    s3_addressing_style: str | None = None  # "path" | "virtual" | "auto"
-    max_total_bytes: int = 200 * 2**30
-    max_files: int = 10_000
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    max_retries: int = 3
-    part_size: int = 16 * 2**20
-    max_concurrency: int = 16
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ import time
 from functools import partial
 
 from turnout.registry.architectures import get_architecture
-from turnout.registry.sync import SyncConfig, SyncFailed, SyncRequest, sync_weights
+from turnout.registry.config import SyncConfig
+from turnout.registry.sync import SyncFailed, SyncRequest, sync_weights
 from turnout.store import versions
 from turnout.store.db import Database
 from turnout.store.records import ModelVersion, SyncStatus

@@ -9,17 +9,13 @@ hf://org/repo[@revision]   -> hub.HubSource      (huggingface_hub snapshot)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from turnout.errors import BadRequest
+from turnout.registry.config import SyncConfig
 from turnout.registry.sources.base import Source
 from turnout.registry.sources.hub import HubSource
 from turnout.registry.sources.local import LocalSource
 from turnout.registry.sources.s3 import S3Source
 from turnout.registry.sources.web import WebSource
-
-if TYPE_CHECKING:
-    from turnout.registry.sync import SyncConfig
 
 __all__ = ["Source", "open_source"]
 

@@ -16,13 +16,10 @@ import shutil
 import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
+from turnout.registry.config import SyncConfig
 from turnout.registry.sources.base import SyncFailed
 from turnout.registry.validate import is_model_file
-
-if TYPE_CHECKING:
-    from turnout.registry.sync import SyncConfig
 
 
 def extract_model_files(archive: Path, model_dir: Path, uri: str, config: SyncConfig) -> None:

@@ -14,13 +14,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from turnout.errors import TurnoutError
+from turnout.registry.config import SyncConfig
 from turnout.registry.weightstore import Staging
-
-if TYPE_CHECKING:
-    from turnout.registry.sync import SyncConfig
 
 T = TypeVar("T")
 ProgressCallback = Callable[[int, int], Awaitable[None]]

@@ -12,14 +12,12 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from turnout.errors import BadRequest
+from turnout.registry.config import SyncConfig
 from turnout.registry.sources.base import FetchContext, SyncFailed, run_blocking
 from turnout.registry.validate import MODEL_SIDE_FILES, is_model_file
-
-if TYPE_CHECKING:
-    from turnout.registry.sync import SyncConfig
 
 _REPO: Final = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _PATTERNS: Final = sorted(MODEL_SIDE_FILES) + ["*.safetensors", "*.safetensors.index.json"]

@@ -11,15 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from turnout.errors import BadRequest, SourceNotAllowed
+from turnout.registry.config import SyncConfig
 from turnout.registry.sources.base import FetchContext, SyncFailed, run_blocking
 from turnout.registry.validate import is_model_file
-
-if TYPE_CHECKING:
-    from turnout.registry.sync import SyncConfig
 
 _CHUNK: Final = 8 * 2**20
 _SETTING: Final = "TURNOUT_ALLOWED_LOCAL_ROOTS"

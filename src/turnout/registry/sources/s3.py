@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import boto3
@@ -29,11 +29,9 @@ import botocore.config
 import botocore.exceptions
 
 from turnout.errors import BadRequest
+from turnout.registry.config import SyncConfig
 from turnout.registry.sources.base import FetchContext, SyncFailed, run_blocking
 from turnout.registry.validate import is_model_file
-
-if TYPE_CHECKING:
-    from turnout.registry.sync import SyncConfig
 
 _CHUNK: Final = 2**20
 #: Sidecar fields that must match the listing for saved progress to be reused.

@@ -23,7 +23,7 @@ import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -31,12 +31,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 from turnout.errors import BadRequest, SourceNotAllowed
+from turnout.registry.config import SyncConfig
 from turnout.registry.sources.archive import extract_model_files
 from turnout.registry.sources.base import FetchContext, SyncFailed, run_blocking
 from turnout.registry.validate import is_model_file
-
-if TYPE_CHECKING:
-    from turnout.registry.sync import SyncConfig
 
 _CHUNK: Final = 2**20
 _MAX_MANIFEST: Final = 16 * 2**20
