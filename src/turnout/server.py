@@ -30,10 +30,12 @@ from turnout.gateway.routing import Router
 from turnout.loop import run_control_loop
 from turnout.placement.engines import EngineCatalog
 from turnout.placement.local import LocalPlacement, LocalPlacementConfig
-from turnout.registry.sync import SyncConfig, check_source_uri
+from turnout.registry.config import SyncConfig
+from turnout.registry.sync import check_source_uri
 from turnout.registry.worker import SyncWorker
 from turnout.rollout.controller import RolloutConfig, RolloutController
-from turnout.rollout.routes import LocalRouteSink, RouteSink, StoreFollower, StoreRouteSink
+from turnout.routing.feed import InProcessFeed, RoutingFeed, StoreFeed
+from turnout.routing.follower import KeyRefresher, StoreFollower
 from turnout.settings import Settings
 from turnout.store.db import Database
 
@@ -73,6 +75,7 @@ class Runtime:
     placement: LocalPlacement | None = None
     rollout: RolloutController | None = None
     follower: StoreFollower | None = None
+    key_refresher: KeyRefresher | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -98,12 +101,15 @@ class Runtime:
         if self.follower is not None:
             await self.follower.reconcile()
             self._loop("routing", self.follower.reconcile, self.follower.wakeup, 0.25)
+        if self.key_refresher is not None:
+            await self.key_refresher.reconcile()
+            self._loop("keys", self.key_refresher.reconcile, self.key_refresher.wakeup, 1.0)
 
     async def _start_workers(self) -> None:
         assert self.sync is not None and self.rollout is not None and self.placement is not None
         await self.sync.recover()
         self._loop("sync", self.sync.reconcile, self.sync.wakeup, 1.0)
-        await self.rollout.recover(await self.placement.recover())
+        # The first pass adopts the replicas a previous worker left running.
         self._loop("rollout", self.rollout.reconcile, self.rollout.wakeup, 1.0)
 
     async def _lead(self) -> None:
@@ -149,22 +155,41 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
         placement = LocalPlacement(
             LocalPlacementConfig(run_dir=settings.data_dir.resolve() / "run")
         )
-        sink: RouteSink = LocalRouteSink(router) if role is Role.ALL else StoreRouteSink(db)
-        rollout = RolloutController(db, placement, sink, keys, rollout_config(settings, engines))
-    follower = None
+        feed: RoutingFeed = InProcessFeed(db, router) if role is Role.ALL else StoreFeed(db)
+        rollout = RolloutController(db, placement, feed, rollout_config(settings, engines))
+    follower = key_refresher = None
     if role is Role.GATEWAY:
         gateway_id = f"{socket.gethostname()}-{os.getpid()}"
         follower = StoreFollower(db, router, keys, gateway_id)
+    elif role is Role.ALL:
+        key_refresher = KeyRefresher(db, keys)
     services = Services(
         db=db,
         models=ModelsService(
             db, lambda uri: check_source_uri(uri, config), sync.notify if sync else _nothing
         ),
         endpoints=EndpointsService(db, rollout.notify if rollout else _nothing),
-        admin=AdminService(db, engines),
+        admin=AdminService(
+            db,
+            engines,
+            on_keys_changed=key_refresher.wakeup.set if key_refresher else _nothing,
+            on_endpoint_deleted=rollout.notify if rollout else _nothing,
+        ),
         admin_token=settings.admin_token,
     )
-    return Runtime(settings, role, db, services, router, keys, sync, placement, rollout, follower)
+    return Runtime(
+        settings,
+        role,
+        db,
+        services,
+        router,
+        keys,
+        sync,
+        placement,
+        rollout,
+        follower,
+        key_refresher,
+    )
 
 
 def _nothing() -> None:

@@ -22,7 +22,8 @@ from aiohttp import web
 
 from turnout.gateway.app import create_gateway_app
 from turnout.gateway.keys import StaticInferenceKeys, hash_key
-from turnout.gateway.routing import EndpointRoute, ReplicaRoute, Router, RoutingTable
+from turnout.gateway.routing import Router
+from turnout.routing.table import EndpointRoute, ReplicaRoute, RoutingTable
 
 T = TypeVar("T")
 

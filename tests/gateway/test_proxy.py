@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from conftest import KEY_A, KEY_B, FakeReplica, GatewayServer, closed_port_address, route, table
-from turnout.gateway.routing import EndpointRoute, ReplicaRoute
+from turnout.routing.table import EndpointRoute, ReplicaRoute
 
 Replicas = Callable[[str], FakeReplica]
 Gateway = Callable[..., GatewayServer]

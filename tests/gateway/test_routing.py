@@ -5,7 +5,8 @@ import asyncio
 import pytest
 
 from turnout.gateway.keys import StaticInferenceKeys, hash_key
-from turnout.gateway.routing import EndpointRoute, ReplicaRoute, Router, RoutingTable
+from turnout.gateway.routing import Router
+from turnout.routing.table import EndpointRoute, ReplicaRoute, RoutingTable
 
 A, B, C = (ReplicaRoute(n, f"http://127.0.0.1:{p}") for n, p in (("a", 1), ("b", 2), ("c", 3)))
 

@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from turnout.placement.base import EngineCommand, ReplicaSpec, ReplicaState
+from turnout.placement.base import EngineCommand, ReplicaSpec
 from turnout.placement.local import LocalPlacement, LocalPlacementConfig
+from turnout.states import ReplicaState
 
 FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from turnout.placement.base import ReplicaSpec, ReplicaState
+from turnout.placement.base import ReplicaSpec
 from turnout.placement.local import LocalPlacement, LocalPlacementConfig
+from turnout.states import ReplicaState
 
 from .conftest import WaitStatus, our_children
 

@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from turnout.placement import process
-from turnout.placement.base import ReplicaHandle, ReplicaSpec, ReplicaState
+from turnout.placement.base import ReplicaHandle, ReplicaSpec
 from turnout.placement.local import LocalPlacement, LocalPlacementConfig
+from turnout.states import ReplicaState
 
 from .conftest import WaitStatus, grandchild_pid, wait_gone
 

@@ -11,12 +11,13 @@ import pytest
 from aiohttp import web
 
 from turnout.api.services.admin import catalog_records
-from turnout.gateway.keys import StaticInferenceKeys
 from turnout.gateway.routing import Router
-from turnout.placement.base import ReplicaHandle, ReplicaSpec, ReplicaState, ReplicaStatus
+from turnout.placement.base import ReplicaHandle, ReplicaSpec, ReplicaStatus
 from turnout.rollout.controller import RolloutConfig, RolloutController
-from turnout.rollout.routes import LocalRouteSink
-from turnout.store import endpoints, tenants, versions
+from turnout.rollout.runner import Rollout
+from turnout.routing.feed import InProcessFeed
+from turnout.states import ReplicaState
+from turnout.store import deployments, endpoints, replicas, tenants, versions
 from turnout.store.db import Database
 from turnout.store.records import SyncStatus
 
@@ -96,36 +97,36 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 async def submit(db: Database, version_pk: int, deployment_id: str) -> None:
     async with db.session() as s:
         endpoint = await endpoints.get_endpoint(s, "acme-tiny")
-        await endpoints.create_deployment(
+        await deployments.create_deployment(
             s,
             deployment_id=deployment_id,
             endpoint=endpoint,
             version_pk=version_pk,
             alias_used=None,
-            state="not_started",
         )
 
 
-async def run_until_idle(controller: RolloutController) -> None:
-    await controller.reconcile()
-    while controller._tasks:
-        for task in list(controller._tasks.values()):
-            await task
+async def run_until_idle(controller: RolloutController, passes: int = 10) -> None:
+    """Reconcile and wait for the launched work until a pass launches nothing more."""
+    for _ in range(passes):
         await controller.reconcile()
+        if not controller._tasks:
+            return
+        await controller.wait_idle()
+    raise AssertionError(f"still busy after {passes} passes")
 
 
 async def state(db: Database, deployment_id: str) -> str:
     async with db.session() as s:
-        return (await endpoints.get_deployment(s, deployment_id)).state
+        return (await deployments.get_deployment(s, deployment_id)).state
 
 
 def make(
     db: Database, placement: FakePlacement, router: Router, **config: object
 ) -> RolloutController:
     base = RolloutConfig(ready_timeout=5, drain_timeout=1, probe_interval=0.01)
-    return RolloutController(
-        db, placement, LocalRouteSink(router), StaticInferenceKeys(), replace(base, **config)
-    )  # type: ignore[arg-type]
+    feed = InProcessFeed(db, router)
+    return RolloutController(db, placement, feed, replace(base, **config))  # type: ignore[arg-type]
 
 
 async def test_surge_switch_drain_and_idempotent_reconcile(db: Database) -> None:
@@ -140,7 +141,7 @@ async def test_surge_switch_drain_and_idempotent_reconcile(db: Database) -> None
     await run_until_idle(controller)
     assert await state(db, "d2") == "complete"
     assert sorted(placement.stopped) == sorted(
-        r for r in placement.started if "-d1-" in r or r.startswith("acme-tiny-d1")
+        r for r in placement.started if r.startswith("acme-tiny-d1-")
     )
     generation = router.current().generation
     started = list(placement.started)
@@ -159,7 +160,7 @@ async def test_rolling_under_capacity_replaces_one_at_a_time(db: Database) -> No
     await submit(db, 2, "d2")
     await run_until_idle(controller)
     async with db.session() as s:
-        events = [e.step for e in await endpoints.list_events(s, "d2")]
+        events = [e.step for e in await deployments.list_events(s, "d2")]
     assert "rolling" in events and events[-1] == "done"
     assert len(placement.running) == 2  # never more than the capacity at the end
     await controller.close()
@@ -174,16 +175,17 @@ async def test_failed_gate_leaves_the_old_deployment_serving(db: Database) -> No
     placement.fail = True
     await submit(db, 2, "d2")
     await controller.reconcile()
-    for task in list(controller._tasks.values()):
-        await task
+    await controller.wait_idle()
     assert await state(db, "d2") == "failed"
     assert router.current().endpoints["acme-tiny"].deployment_id == "d1"
-    assert not [r for r in placement.running if "d2" in r]
+    assert not [r for r in placement.running if r.startswith("acme-tiny-d2-")]
     await controller.close()
     await placement.close()
 
 
-async def test_recover_forgets_dead_and_stops_unknown_replicas(db: Database) -> None:
+async def test_a_new_worker_adopts_live_replicas_forgets_dead_and_stops_unknown(
+    db: Database,
+) -> None:
     placement, router = FakePlacement(), Router()
     controller = make(db, placement, router)
     await submit(db, 1, "d1")
@@ -191,15 +193,77 @@ async def test_recover_forgets_dead_and_stops_unknown_replicas(db: Database) -> 
     stray = await placement.start(ReplicaSpec("stray", "acme-tiny", "dx", Path("/x"), "acme-tiny"))
     dead = next(iter(placement.running))
     await placement.stop(placement.running[dead][0], drain_timeout=0)
-    fresh = make(db, placement, router)
-    await fresh.recover(await placement.list_alive())
+    survivor = next(iter(placement.running.keys() - {"stray"}))
+    gateway = Router()
+    fresh = make(db, placement, gateway)  # a restarted worker knows nothing in memory
+    await fresh.reconcile()
     assert "stray" not in placement.running and stray.replica_id in placement.stopped
-    async with db.session() as s:
-        ids = {r.id for r in await endpoints.list_replicas(s)}
-    assert dead not in ids
+    assert survivor in fresh.replicas.handles  # adopted, not restarted
     await run_until_idle(fresh)  # the lost serving replica is replaced
-    assert len(router.current().endpoints["acme-tiny"].replicas) == 2
+    async with db.session() as s:
+        ids = {r.id for r in await replicas.list_replicas(s)}
+    assert dead not in ids and survivor in ids and len(ids) == 2
+    assert len(gateway.current().endpoints["acme-tiny"].replicas) == 2
     await fresh.close()
+    await placement.close()
+
+
+async def test_every_pass_diffs_stored_against_live(db: Database) -> None:
+    placement, router = FakePlacement(), Router()
+    controller = make(db, placement, router)
+    await submit(db, 1, "d1")
+    await run_until_idle(controller)
+    # A process nobody recorded appears, and a serving replica's process dies.
+    await placement.start(ReplicaSpec("intruder", "acme-tiny", "dx", Path("/x"), "acme-tiny"))
+    victim = next(r for r in placement.running if r != "intruder")
+    await placement.stop(placement.running[victim][0], drain_timeout=0)
+    await controller.reconcile()  # one pass, and the work it launched
+    await controller.wait_idle()
+    assert "intruder" not in placement.running
+    async with db.session() as s:
+        rows = await replicas.list_replicas(s)
+    assert victim not in {r.id for r in rows}  # recorded gone, then replaced
+    assert [r.state for r in rows] == [ReplicaState.READY, ReplicaState.READY]
+    routed = {r.replica_id for r in router.current().endpoints["acme-tiny"].replicas}
+    assert routed == {r.id for r in rows}
+    await controller.close()
+    await placement.close()
+
+
+async def test_a_replacement_that_fails_is_retried_with_backoff(db: Database) -> None:
+    placement, router = FakePlacement(), Router()
+    controller = make(db, placement, router, heal_backoff=60)
+    await submit(db, 1, "d1")
+    await run_until_idle(controller)
+    victim = next(iter(placement.running))
+    await placement.stop(placement.running[victim][0], drain_timeout=0)
+    placement.fail = True
+    await run_until_idle(controller)
+    tries = len(placement.started)
+    await run_until_idle(controller)  # within the backoff: no new attempt
+    assert len(placement.started) == tries
+    placement.fail = False
+    controller._heal_backoff["acme-tiny"].retry_at = 0  # the backoff has passed
+    await run_until_idle(controller)
+    assert len(router.current().endpoints["acme-tiny"].replicas) == 2
+    await controller.close()
+    await placement.close()
+
+
+async def test_deleting_an_endpoint_stops_its_replicas(db: Database) -> None:
+    placement, router = FakePlacement(), Router()
+    controller = make(db, placement, router)
+    await submit(db, 1, "d1")
+    await run_until_idle(controller)
+    assert len(placement.running) == 2
+    async with db.session() as s:
+        await endpoints.delete_endpoint(s, "acme-tiny")
+    await run_until_idle(controller)
+    assert placement.running == {}
+    assert "acme-tiny" not in router.current().endpoints
+    async with db.session() as s:
+        assert await replicas.list_replicas(s) == []
+    await controller.close()
     await placement.close()
 
 
@@ -209,12 +273,10 @@ async def test_a_stale_relaunch_of_a_finished_rollout_touches_nothing(db: Databa
     placement, router = FakePlacement(), Router()
     controller = make(db, placement, router)
     await submit(db, 1, "d1")
-    async with db.session() as s:
-        stale = await endpoints.get_deployment(s, "d1")  # read while not_started
     await run_until_idle(controller)
     assert await state(db, "d1") == "complete"
     serving = set(placement.running)
-    await controller._rollout(stale)
+    await Rollout(controller.context, "d1").run()
     assert set(placement.running) == serving and not placement.stopped
     assert await state(db, "d1") == "complete"
     assert len(router.current().endpoints["acme-tiny"].replicas) == 2

@@ -6,8 +6,11 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from turnout.errors import AliasTaken, Conflict, NotFound
-from turnout.store import endpoints, tenants, versions
+from turnout.registry.architectures import BUILTIN_ARCHITECTURES
+from turnout.states import ACTIVE, DeploymentState, Event, IllegalTransition, ReplicaState, Step
+from turnout.store import deployments, endpoints, replicas, tenants, versions
 from turnout.store.db import Database
+from turnout.store.deployments import LostRace
 from turnout.store.records import KeyKind, SyncStatus
 
 pytestmark = pytest.mark.anyio
@@ -16,8 +19,13 @@ pytestmark = pytest.mark.anyio
 async def test_migrations_are_idempotent_and_catalog_seeded(db: Database) -> None:
     await db.migrate()
     async with db.session() as s:
-        ids = [a.arch_id for a in await tenants.list_architectures(s)]
-    assert {"tiny-llama", "smollm2-135m", "llama3.1-8b", "llama-3.3-70b", "qwen-3-32b"} <= set(ids)
+        org = await tenants.create_org(s, "acme")
+        for arch in BUILTIN_ARCHITECTURES:  # a grant's foreign key needs the seeded row
+            await tenants.grant(s, org, arch.arch_id)
+        granted = await tenants.granted_architectures(s, org)
+    assert {"tiny-llama", "smollm2-135m", "llama3.1-8b", "llama-3.3-70b", "qwen-3-32b"} <= set(
+        granted
+    )
 
 
 async def test_orgs_keys_and_grants(db: Database) -> None:
@@ -37,8 +45,6 @@ async def test_orgs_keys_and_grants(db: Database) -> None:
         await tenants.revoke_key(s, "key_1")
     async with db.session() as s:
         assert await tenants.active_key_hashes(s, KeyKind.MANAGEMENT) == {}
-        with pytest.raises(NotFound):
-            await tenants.get_architecture(s, "no-such-arch")
 
 
 async def test_version_numbers_aliases_and_delete(db: Database) -> None:
@@ -129,57 +135,91 @@ async def test_endpoints_deployments_events_replicas(db: Database) -> None:
         ep = await endpoints.create_endpoint(
             s, "acme-tiny", org, "tiny-llama", replicas=2, engine="builtin"
         )
-        d1 = await endpoints.create_deployment(
-            s,
-            deployment_id="d1",
-            endpoint=ep,
-            version_pk=v.id,
-            alias_used=None,
-            state="not_started",
+        d1 = await deployments.create_deployment(
+            s, deployment_id="d1", endpoint=ep, version_pk=v.id, alias_used=None
         )
-        d2 = await endpoints.create_deployment(
-            s,
-            deployment_id="d2",
-            endpoint=ep,
-            version_pk=v.id,
-            alias_used="prod",
-            state="not_started",
+        d2 = await deployments.create_deployment(
+            s, deployment_id="d2", endpoint=ep, version_pk=v.id, alias_used="prod"
         )
-        await endpoints.add_event(s, "d1", "start", "starting replicas")
-        await endpoints.upsert_replica(
-            s, "r1", endpoint_id="acme-tiny", deployment_id="d1", state="starting"
+        await deployments.add_event(s, "d1", "start", "starting replicas")
+        await replicas.upsert_replica(
+            s, "r1", endpoint_id="acme-tiny", deployment_id="d1", state=ReplicaState.STARTING
         )
-        await endpoints.upsert_replica(
+        await replicas.upsert_replica(
             s,
             "r1",
             endpoint_id="acme-tiny",
             deployment_id="d1",
-            state="ready",
+            state=ReplicaState.READY,
             address="http://127.0.0.1:1",
         )
     assert (
         d2.seq > d1.seq
         and d1.version_number == 1
         and d1.model_name == "orgs/acme/models/tiny-llama/versions/1"
+        and d1.state is DeploymentState.NOT_STARTED
+        and d1.step is Step.SUBMITTED
     )
     async with db.session() as s:
-        listed = await endpoints.list_deployments(s, endpoint_id="acme-tiny")
+        listed = await deployments.list_deployments(s, endpoint_id="acme-tiny")
         assert [d.id for d in listed] == ["d2", "d1"]  # newest first
-        assert [e.step for e in await endpoints.list_events(s, "d1")] == ["submitted", "start"]
-        (replica,) = await endpoints.list_replicas(s, deployment_id="d1")
-        assert replica.state == "ready" and replica.address == "http://127.0.0.1:1"
-        assert (
-            await endpoints.version_in_use(s, v.id, ["not_started", "in_progress"]) == "acme-tiny"
-        )
+        assert [e.step for e in await deployments.list_events(s, "d1")] == ["submitted", "start"]
+        (replica,) = await replicas.list_replicas(s, deployment_id="d1")
+        assert replica.state is ReplicaState.READY and replica.address == "http://127.0.0.1:1"
+        assert await deployments.version_in_use(s, v.id, ACTIVE) == "acme-tiny"
         await endpoints.set_serving(s, "acme-tiny", "d1")
-        await endpoints.update_deployment(s, "d2", state="cancelled")
-        await endpoints.update_deployment(s, "d1", state="complete")
-        assert (
-            await endpoints.version_in_use(s, v.id, ["not_started", "in_progress"]) == "acme-tiny"
-        )
+        await deployments.apply(s, "d2", Event.CANCEL)
+        await deployments.apply(s, "d1", Event.START)
+        await deployments.apply(s, "d1", Event.PROGRESS, step=Step.WARMING)
+        await deployments.apply(s, "d1", Event.PROGRESS, step=Step.SWITCHED)
+        await deployments.apply(s, "d1", Event.COMPLETE, message="complete")
+        assert await deployments.version_in_use(s, v.id, ACTIVE) == "acme-tiny"
         assert (await endpoints.get_endpoint(s, "acme-tiny")).serving_deployment_id == "d1"
+        done = await deployments.get_deployment(s, "d1")
+        assert (done.state, done.step) == (DeploymentState.COMPLETE, Step.DONE)
+        assert (await deployments.list_events(s, "d1"))[-1].step == "done"
     with pytest.raises(Conflict):
         async with db.session() as s:
             await endpoints.create_endpoint(
                 s, "acme-tiny", org, "tiny-llama", replicas=1, engine="builtin"
             )
+
+
+async def test_state_changes_follow_the_table_and_lose_races_loudly(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with db.session() as s:
+        org = await tenants.create_org(s, "acme")
+        v = await versions.create_version(
+            s, org, "tiny-llama", weight_uri="u", fingerprint_suffix=None, aliases=[]
+        )
+        ep = await endpoints.create_endpoint(
+            s, "acme-tiny", org, "tiny-llama", replicas=1, engine="builtin"
+        )
+        await deployments.create_deployment(
+            s, deployment_id="d1", endpoint=ep, version_pk=v.id, alias_used=None
+        )
+        await deployments.apply(s, "d1", Event.START)
+    # An illegal move writes nothing.
+    with pytest.raises(IllegalTransition):
+        async with db.session() as s:
+            await deployments.apply(s, "d1", Event.COMPLETE)
+    async with db.session() as s:
+        d = await deployments.get_deployment(s, "d1")
+        assert (d.state, d.step) == (DeploymentState.IN_PROGRESS, Step.STARTING)
+    # Another writer (a cancel) wins between our read and our write: the compare-and-set
+    # fails and says what it found instead of writing over it.
+    async with db.session() as reader:
+        stale = await deployments.get_deployment(reader, "d1")
+    async with db.session() as s:
+        await deployments.apply(s, "d1", Event.CANCEL)
+
+    async def stale_read(session: object, deployment_id: str) -> object:
+        return stale
+
+    monkeypatch.setattr(deployments, "get_deployment", stale_read)
+    with pytest.raises(LostRace) as lost:
+        async with db.session() as s:
+            await deployments.apply(s, "d1", Event.PROGRESS, step=Step.WARMING)
+    monkeypatch.undo()
+    assert lost.value.found is not None and lost.value.found.state is DeploymentState.CANCELLED

@@ -28,8 +28,9 @@ from turnout.errors import NotFound, TurnoutError, Unauthenticated
 from turnout.gateway.keys import InferenceKeys
 from turnout.gateway.metrics import GatewayMetrics
 from turnout.gateway.proxy import PROXIED_PATHS, Proxy, ProxyConfig
-from turnout.gateway.routing import EndpointRoute, Router
+from turnout.gateway.routing import Router
 from turnout.gateway.schemas import ModelCard, ModelList
+from turnout.routing.table import EndpointRoute
 
 
 class _GatewayApp(FastAPI):

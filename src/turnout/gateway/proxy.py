@@ -36,9 +36,10 @@ from turnout.errors import (
 from turnout.gateway.keys import InferenceKeys
 from turnout.gateway.metrics import GatewayMetrics
 from turnout.gateway.rewrite import SSERewriter, Usage, loads, rewrite_json
-from turnout.gateway.routing import EndpointRoute, ReplicaRoute, Router
+from turnout.gateway.routing import Router
 from turnout.gateway.streaming import DisconnectWatch, Exchange, Served
 from turnout.gateway.upstream import RELAY_ERRORS, Upstream, UpstreamResponse, UpstreamUnreachable
+from turnout.routing.table import EndpointRoute, ReplicaRoute
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The routing table the rollout worker publishes, and the router that picks replicas from it.
+"""The router that picks a replica for each request from the current routing table.
 
 The gateway never asks the store on the request path: the worker builds a complete
 :class:`RoutingTable` and hands it to :meth:`Router.swap`, which replaces the table in one
@@ -13,46 +13,9 @@ to drain (DESIGN §3 step 4).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Collection
 
-
-@dataclass(frozen=True, slots=True)
-class ReplicaRoute:
-    replica_id: str
-    address: str  #: base URL, e.g. "http://127.0.0.1:8101"
-    # Set when this replica runs another version than its endpoint's (a "rolling" rollout
-    # serves two versions from one endpoint for a while); None: the endpoint's value holds.
-    deployment_id: str | None = None
-    version_id: int | None = None
-    fingerprint: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.replica_id}@{self.address}"
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointRoute:
-    endpoint_id: str
-    org_name: str
-    deployment_id: str | None  #: None while nothing serves yet
-    version_id: int | None
-    #: "fp_" + first 10 hex of the version digest [+ "_" + suffix]; computed by the controller.
-    fingerprint: str | None
-    replicas: tuple[ReplicaRoute, ...] = ()
-
-    def __str__(self) -> str:
-        return f"{self.endpoint_id} (org {self.org_name}, version {self.version_id})"
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingTable:
-    endpoints: Mapping[str, EndpointRoute] = field(default_factory=lambda: MappingProxyType({}))
-    generation: int = 0
-
-    def __str__(self) -> str:
-        return f"routing table generation {self.generation} ({len(self.endpoints)} endpoints)"
+from turnout.routing.table import ReplicaRoute, RoutingTable
 
 
 class Router:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from starlette.types import Receive
 
 from turnout.gateway.metrics import EndpointSeries
-from turnout.gateway.routing import EndpointRoute, ReplicaRoute
+from turnout.routing.table import EndpointRoute, ReplicaRoute
 
 #: The watcher task starts only once a request has run this long. Most answers of a fast
 #: replica are complete sooner, and a task per request was a measurable share of the proxy's

@@ -9,24 +9,10 @@ this module's types.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-
-class ReplicaState(StrEnum):
-    #: Process started, not yet answering its readiness path.
-    STARTING = "starting"
-    #: Ready path answered: weights loaded and a warm-up generation done.
-    READY = "ready"
-    #: Crashed and waiting for its restart backoff to pass.
-    RESTARTING = "restarting"
-    #: Gets no new requests; stopped once its in-flight requests finish.
-    DRAINING = "draining"
-    #: Exited on purpose.
-    STOPPED = "stopped"
-    #: Gave up: failed to load, or crashed too often. ``ReplicaStatus.error`` says why.
-    FAILED = "failed"
+from turnout.states import ReplicaState
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,8 @@ from pathlib import Path
 import httpx
 
 from turnout.placement import process
-from turnout.placement.base import ReplicaHandle, ReplicaSpec, ReplicaState, ReplicaStatus
+from turnout.placement.base import ReplicaHandle, ReplicaSpec, ReplicaStatus
+from turnout.states import ReplicaState
 
 logger = logging.getLogger(__name__)
 

@@ -1,71 +1,65 @@
-"""The rollout controller: runs deployments (DESIGN §3) and keeps the routing table true.
+"""The rollout controller: runs deployments (DESIGN §3) and keeps stored replicas true to live.
 
-``reconcile()`` is one pass: read what the store wants, observe the placement, decide, persist
-the intent, act, record the result. Each endpoint's deployments run one at a time, first in
-first out, each in its own task (a rollout waits minutes for weights to load). Every step is
-written to the store before it acts, so :meth:`recover` can finish or undo it after a crash.
+``reconcile()`` is one pass, the same at start-up and every second after:
 
-Strategies: ``surge`` starts the whole new replica set next to the old one and switches all
-traffic at once; ``rolling`` (when the placement has no room for a full surge and the endpoint
-has more than one replica) replaces one replica at a time behind the same gates.
+1. observe the placement: which replica processes are alive;
+2. read the store: endpoints, active deployments, replica rows;
+3. adopt what runs and has a row (after a restart this is how replicas outlive the worker);
+4. start the oldest active deployment of each idle endpoint (first in, first out); its task
+   writes each step before it acts (:mod:`turnout.rollout.runner`);
+5. for each idle endpoint (no task running), diff stored against live and launch one piece
+   of work: stop what nobody wants (processes with no row, replicas of deleted endpoints or of
+   deployments that neither serve nor run), record replicas whose process is gone, or replace
+   missing serving replicas (with backoff when a replacement fails);
+6. publish the routing table.
+
+Each endpoint has at most one task at a time, so a rollout, a clean-up and a heal never race.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
-from turnout.gateway.keys import StaticInferenceKeys
-from turnout.placement.base import Placement, ReplicaHandle, ReplicaState
-from turnout.placement.engines import EngineCatalog
+from turnout.placement.base import Placement, ReplicaHandle
 from turnout.rollout.replicas import GateConfig, GateFailed, Replicas
-from turnout.rollout.routes import RouteSink, build_routes
-from turnout.rollout.states import ACTIVE, SWITCHED_STEPS, DeploymentState, Step
-from turnout.store import endpoints as repo
-from turnout.store import tenants, versions
+from turnout.rollout.runner import GONE, Rollout, RolloutConfig, RolloutContext
+from turnout.routing.feed import RoutingFeed
+from turnout.states import ACTIVE, ReplicaState
+from turnout.store import deployments, endpoints, replicas, versions
 from turnout.store.db import Database
-from turnout.store.records import Deployment, Endpoint, KeyKind, Replica
+from turnout.store.records import Deployment, Endpoint, Replica
+
+__all__ = ["RolloutConfig", "RolloutController"]
 
 log = logging.getLogger(__name__)
 
-S = DeploymentState
-GONE = (ReplicaState.FAILED.value, ReplicaState.STOPPED.value)
-
 
 @dataclass(frozen=True, slots=True)
-class RolloutConfig:
-    engines: EngineCatalog = field(default_factory=EngineCatalog)
-    ready_timeout: float = 600.0
-    drain_timeout: float = 60.0
-    stop_timeout: float = 15.0
-    probe_interval: float = 0.2
-    device: str = "cpu"
-    #: Replicas the placement can run at once (0: no limit). Decides surge vs rolling.
-    max_replicas: int = 0
+class _Desired:
+    """What the store says, read once per pass."""
+
+    endpoints: dict[str, Endpoint]
+    active: list[Deployment]
+    rows: list[Replica]
 
 
-class RolloutAborted(Exception):
-    def __init__(self, state: DeploymentState, code: str, message: str) -> None:
-        super().__init__(message)
-        self.state = state
-        self.code = code
-        self.message = message
+@dataclass(slots=True)
+class _Backoff:
+    failures: int = 0
+    retry_at: float = 0.0
 
 
 class RolloutController:
     def __init__(
-        self,
-        db: Database,
-        placement: Placement,
-        sink: RouteSink,
-        keys: StaticInferenceKeys,
-        config: RolloutConfig,
+        self, db: Database, placement: Placement, feed: RoutingFeed, config: RolloutConfig
     ) -> None:
         self.db = db
-        self.sink = sink
-        self.keys = keys
+        self.placement = placement
+        self.feed = feed
         self.config = config
         self.replicas = Replicas(
             db,
@@ -78,39 +72,59 @@ class RolloutController:
                 config.device,
             ),
         )
-        self.placement = placement
+        self.context = RolloutContext(db, self.replicas, feed, config)
         self.wakeup = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}  # endpoint id -> its running work
-        #: Endpoints whose last replacement failed: not retried before their next rollout, so
-        #: a broken version cannot starve the deployment that would fix it.
-        self._heal_failed: set[str] = set()
+        #: Endpoints whose replacement replicas failed: retried after a doubling wait, so a
+        #: broken version neither spins nor starves the deployment that would fix it.
+        self._heal_backoff: dict[str, _Backoff] = {}
 
     def notify(self) -> None:
         self.wakeup.set()
 
+    async def wait_idle(self) -> None:
+        """Wait for the work the passes so far launched (a run-until-empty mode, as arq's
+        burst: tests drive ``reconcile()`` and this, with no sleeps)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks.values()))
+
     # -- the control loop's one pass ------------------------------------------------------
 
     async def reconcile(self) -> None:
-        # 1. Read desired state.
-        async with self.db.session() as s:
-            active = await repo.list_deployments(s, states=[a.value for a in ACTIVE])
-            self.keys.replace(await tenants.active_key_hashes(s, KeyKind.INFERENCE))
-        # 2. Observe serving replicas; replacing lost ones comes first (service before change).
-        await self._observe_serving()
-        await self._heal_serving()
-        # 3. Decide: the oldest active deployment of each idle endpoint runs next (FIFO).
-        for deployment in sorted(active, key=lambda d: d.seq):
+        # 1. Observe first: a replica started after this point has its row written already.
+        alive = {h.replica_id: h for h in await self.placement.list_alive()}
+        # 2. Read desired state.
+        desired = await self._read()
+        # 3. Adopt live replicas that have rows.
+        for row in desired.rows:
+            if row.id in alive:
+                self.replicas.handles.setdefault(row.id, alive[row.id])
+        # 4. Decide: the oldest active deployment of each idle endpoint runs next (FIFO).
+        for deployment in sorted(desired.active, key=lambda d: d.seq):
             if deployment.endpoint_id not in self._tasks:
-                self._launch(self._rollout(deployment), deployment.endpoint_id, deployment.id)
-        # 4. Publish what is ready.
-        await self.publish()
+                self._heal_backoff.pop(deployment.endpoint_id, None)
+                rollout = Rollout(self.context, deployment.id)
+                self._launch(rollout.run(), deployment.endpoint_id, deployment.id)
+        # 5. Idle endpoints: stored against live, then heal.
+        await self._diff(desired, alive)
+        # 6. Publish what is ready.
+        await self.feed.publish()
+
+    async def _read(self) -> _Desired:
+        async with self.db.session() as s:
+            found = {e.endpoint_id: e for e in await endpoints.list_endpoints(s)}
+            active = await deployments.list_deployments(s, states=ACTIVE)
+            rows = await replicas.list_replicas(s)
+        return _Desired(found, active, rows)
 
     def _launch(self, work: Coroutine[None, None, None], endpoint_id: str, what: str) -> None:
         task = asyncio.create_task(work, name=f"{what} on {endpoint_id}")
         self._tasks[endpoint_id] = task
 
-        def finished(_: asyncio.Task[None], endpoint_id: str = endpoint_id) -> None:
+        def finished(done: asyncio.Task[None], endpoint_id: str = endpoint_id) -> None:
             self._tasks.pop(endpoint_id, None)
+            if not done.cancelled() and done.exception() is not None:
+                log.error("%s failed", done.get_name(), exc_info=done.exception())
             self.wakeup.set()  # the next queued deployment of this endpoint may start
 
         task.add_done_callback(finished)
@@ -121,325 +135,134 @@ class RolloutController:
         await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
         await self.replicas.close()
 
-    async def publish(self) -> None:
-        """Build the routing table from the store and swap it in if it changed."""
-        async with self.db.session() as s:
-            routes = await build_routes(s)
-        await self.sink.publish(routes)
+    # -- stored against live ----------------------------------------------------------------
 
-    async def _observe_serving(self) -> None:
-        """Record what the placement says about serving replicas (crashed, restarted, failed)."""
-        async with self.db.session() as s:
-            serving = {e.serving_deployment_id for e in await repo.list_endpoints(s)}
-            replicas = [r for r in await repo.list_replicas(s) if r.deployment_id in serving]
-        for replica in replicas:
-            handle = self.replicas.handles.get(replica.id)
-            if handle is None or replica.state == ReplicaState.DRAINING:
+    async def _diff(self, desired: _Desired, alive: dict[str, ReplicaHandle]) -> None:
+        recorded = {r.id for r in desired.rows}
+        unrecorded = [h for i, h in alive.items() if i not in recorded]
+        if unrecorded:  # alive but unknown: left by a worker that died before writing
+            log.info("stopping %d replica(s) with no row", len(unrecorded))
+            await self.replicas.stop_unrecorded(unrecorded)
+        by_endpoint: dict[str, list[Replica]] = {}
+        for row in desired.rows:
+            by_endpoint.setdefault(row.endpoint_id, []).append(row)
+        for endpoint_id in sorted(set(by_endpoint) | set(desired.endpoints)):
+            if endpoint_id in self._tasks:
+                continue  # its task owns its replicas until it ends
+            endpoint = desired.endpoints.get(endpoint_id)
+            mine = by_endpoint.get(endpoint_id, [])
+            unwanted = self._unwanted(endpoint, desired.active, mine)
+            if unwanted:
+                self._launch(self._retire(unwanted), endpoint_id, "clean-up")
                 continue
-            status = await self.placement.probe(handle)
-            if status.state.value != replica.state:
-                await self.replicas.set_state(replica, status.state, status.error)
+            mine = await self._record_gone(mine, alive)
+            if endpoint is not None and self._needs_heal(endpoint, mine):
+                self._launch(self._heal(endpoint), endpoint_id, "heal")
 
-    async def _heal_serving(self) -> None:
-        """Replace serving replicas that are gone (crashed for good, or lost in a restart)."""
-        async with self.db.session() as s:
-            endpoints = await repo.list_endpoints(s)
-            replicas = await repo.list_replicas(s)
-        for endpoint in endpoints:
-            serving = endpoint.serving_deployment_id
-            if (
-                serving is None
-                or endpoint.endpoint_id in self._tasks
-                or endpoint.endpoint_id in self._heal_failed
-            ):
-                continue
-            mine = [r for r in replicas if r.deployment_id == serving]
-            gone = [r for r in mine if r.state in GONE]
-            if endpoint.replicas > len(mine) - len(gone):
-                self._launch(self._heal(endpoint, serving, gone), endpoint.endpoint_id, "heal")
+    @staticmethod
+    def _unwanted(
+        endpoint: Endpoint | None, active: list[Deployment], rows: list[Replica]
+    ) -> list[Replica]:
+        """Replicas of a deleted endpoint, or of a deployment that neither serves nor runs."""
+        if endpoint is None:
+            return rows
+        wanted = {endpoint.serving_deployment_id} | {
+            d.id for d in active if d.endpoint_id == endpoint.endpoint_id
+        }
+        return [r for r in rows if r.deployment_id not in wanted]
 
-    async def _heal(self, endpoint: Endpoint, deployment_id: str, gone: list[Replica]) -> None:
-        await self.replicas.stop(gone)
+    async def _record_gone(
+        self, rows: list[Replica], alive: dict[str, ReplicaHandle]
+    ) -> list[Replica]:
+        """Store what the placement says of each replica (crashed, restarting, failed, gone);
+        the rows as they are now."""
+        now = []
+        for row in rows:
+            state, error = await self._observed(row, alive)
+            if state is not row.state:
+                await self.replicas.set_state(row, state, error)
+                row = replace(row, state=state, error=error)
+            now.append(row)
+        return now
+
+    async def _observed(
+        self, row: Replica, alive: dict[str, ReplicaHandle]
+    ) -> tuple[ReplicaState, str | None]:
+        if row.state in GONE or row.state is ReplicaState.DRAINING:
+            return row.state, row.error
+        handle = self.replicas.handles.get(row.id)
+        if handle is None:
+            if row.id in alive:
+                return row.state, row.error
+            # Lost with a previous worker: nothing runs it any more.
+            return ReplicaState.STOPPED, "its process is gone (found at reconcile)"
+        status = await self.placement.probe(handle)
+        if status.state is ReplicaState.READY and row.state is ReplicaState.STARTING:
+            # Only a rollout's gates (the warm-up included) make a replica ready.
+            return row.state, row.error
+        return status.state, status.error
+
+    async def _retire(self, rows: list[Replica]) -> None:
+        """Take unwanted replicas out of routing, let their requests finish, stop them."""
+        ids = [r.id for r in rows]
+        log.info("retiring replica(s) %s", ", ".join(ids))
+        await self.replicas.mark(ids, ReplicaState.DRAINING)
+        await self.feed.publish()
+        await self.feed.wait_drained(ids, self.config.drain_timeout)
+        await self.replicas.stop(rows)
+
+    # -- healing serving replicas ---------------------------------------------------------
+
+    def _needs_heal(self, endpoint: Endpoint, rows: list[Replica]) -> bool:
+        serving = endpoint.serving_deployment_id
+        if serving is None:
+            return False
+        backoff = self._heal_backoff.get(endpoint.endpoint_id)
+        if backoff is not None and time.monotonic() < backoff.retry_at:
+            return False
+        mine = [r for r in rows if r.deployment_id == serving]
+        gone = [r for r in mine if r.state in GONE]
+        return bool(gone) or endpoint.replicas > len(mine)
+
+    async def _heal(self, endpoint: Endpoint) -> None:
+        """Replace the serving deployment's failed or missing replicas."""
+        deployment_id = endpoint.serving_deployment_id
+        assert deployment_id is not None
         async with self.db.session() as s:
-            deployment = await repo.get_deployment(s, deployment_id)
-            live = await repo.list_replicas(s, deployment_id=deployment_id)
+            deployment = await deployments.get_deployment(s, deployment_id)
+            mine = await replicas.list_replicas(s, deployment_id=deployment_id)
             version = await versions.get_version_by_pk(s, deployment.version_id)
+        await self.replicas.stop([r for r in mine if r.state in GONE])
         if version is None or not version.weight_path:
             return
+        live = [r for r in mine if r.state not in GONE]
         missing = endpoint.replicas - len(live)
         log.info("endpoint %s: starting %d replacement replica(s)", endpoint.endpoint_id, missing)
         for _ in range(missing):
-            taken = {r.id for r in live} | set(self.replicas.handles)
-            handle = await self.replicas.start(deployment, endpoint, version.weight_path, taken)
-            await self._gate_and_serve(deployment, endpoint, [handle], heal=True)
-            async with self.db.session() as s:
-                live = await repo.list_replicas(s, deployment_id=deployment_id)
-
-    # -- one rollout --------------------------------------------------------------------------
-
-    async def _rollout(self, deployment: Deployment) -> None:
-        self._heal_failed.discard(deployment.endpoint_id)
-        try:
-            begun = await self._begin(deployment)
-            if begun is None:
+            handle = await self.replicas.start(deployment, endpoint, version.weight_path)
+            try:
+                await self.replicas.gate([handle], endpoint.endpoint_id)
+            except GateFailed as exc:
+                await self._heal_failed(endpoint, handle, exc)
                 return
-            endpoint, weight_path = begun
-            if await self._must_roll(endpoint):
-                await self._rolling(deployment, endpoint, weight_path)
-            else:
-                await self._surge(deployment, endpoint, weight_path)
-            await self._complete(deployment)
-        except RolloutAborted as exc:
-            await self._abort(deployment, exc)
-        except Exception as exc:  # a bug must not leave the deployment running forever
-            log.exception("rollout %s crashed", deployment.id)
-            await self._abort(
-                deployment, RolloutAborted(S.FAILED, "internal_error", f"internal error: {exc}")
-            )
+            await self.replicas.mark([handle.replica_id], ReplicaState.READY)
+            await self.feed.publish()
+        self._heal_backoff.pop(endpoint.endpoint_id, None)
 
-    async def _event(self, deployment_id: str, step: Step, message: str) -> None:
-        async with self.db.session() as s:
-            await repo.update_deployment(s, deployment_id, step=step.value)
-            await repo.add_event(s, deployment_id, step.value, message)
-        log.info("deployment %s: %s: %s", deployment_id, step.value, message)
-
-    async def _check_not_cancelled(self, deployment_id: str) -> None:
-        async with self.db.session() as s:
-            state = DeploymentState((await repo.get_deployment(s, deployment_id)).state)
-        if state is S.CANCELLED:
-            raise RolloutAborted(S.CANCELLED, "cancelled", "cancelled by request")
-
-    async def _begin(self, deployment: Deployment) -> tuple[Endpoint, str] | None:
-        """Mark the deployment running; None when it is no longer active.
-
-        A reconcile pass can read a deployment as active just before its rollout finishes and
-        launch it again once the endpoint is idle; that stale copy must touch nothing (its
-        replicas now serve). A deployment cancelled before it started has no replicas either.
-        """
-        async with self.db.session() as s:
-            endpoint = await repo.get_endpoint(s, deployment.endpoint_id)
-            version = await versions.get_version_by_pk(s, deployment.version_id)
-            moved = await repo.compare_and_set_state(
-                s,
-                deployment.id,
-                from_states=[S.NOT_STARTED.value, S.IN_PROGRESS.value],
-                to_state=S.IN_PROGRESS.value,
-                step=Step.STARTING.value,
-            )
-        if not moved:
-            log.info("deployment %s is no longer active; nothing to do", deployment.id)
-            return None
-        if version is None or not version.weight_path:
-            raise RolloutAborted(
-                S.FAILED, "version_missing", f"{deployment.model_name} has no weights"
-            )
-        return endpoint, version.weight_path
-
-    async def _must_roll(self, endpoint: Endpoint) -> bool:
-        """True when a full surge does not fit the placement's capacity."""
-        if not self.config.max_replicas:
-            return False
-        async with self.db.session() as s:
-            running = [r for r in await repo.list_replicas(s) if r.state not in GONE]
-        if len(running) + endpoint.replicas <= self.config.max_replicas:
-            return False
-        if endpoint.replicas > 1:
-            return True
-        raise RolloutAborted(
-            S.FAILED,
-            "no_capacity",
-            f"no room to start a replica next to the serving one ({len(running)} of "
-            f"TURNOUT_MAX_REPLICAS={self.config.max_replicas} run); "
-            "raise the limit or free a replica",
-        )
-
-    async def _gate_and_serve(
-        self, deployment: Deployment, endpoint: Endpoint, handles: list[ReplicaHandle], heal: bool
+    async def _heal_failed(
+        self, endpoint: Endpoint, handle: ReplicaHandle, exc: GateFailed
     ) -> None:
-        """Gates, then mark the replicas ready (which puts them in the routing table as soon as
-        their deployment is routed)."""
-
-        async def still_wanted() -> None:
-            if not heal:
-                await self._check_not_cancelled(deployment.id)
-
-        try:
-            await self.replicas.gate(handles, endpoint.endpoint_id, still_wanted)
-        except GateFailed as exc:
-            if heal:
-                log.warning("endpoint %s: replacement failed: %s", endpoint.endpoint_id, exc)
-                self._heal_failed.add(endpoint.endpoint_id)
-                await self._mark(handles, ReplicaState.FAILED, exc.message)
-                return
-            raise RolloutAborted(S.FAILED, exc.code, exc.message) from exc
-        await self._mark(handles, ReplicaState.READY)
-        await self.publish()
-
-    async def _mark(
-        self, handles: list[ReplicaHandle], state: ReplicaState, error: str | None = None
-    ) -> None:
-        ids = {h.replica_id for h in handles}
-        async with self.db.session() as s:
-            rows = [r for r in await repo.list_replicas(s) if r.id in ids]
-        for row in rows:
-            await self.replicas.set_state(row, state, error)
-
-    async def _old_replicas(self, deployment: Deployment) -> list[Replica]:
-        async with self.db.session() as s:
-            return [
-                r
-                for r in await repo.list_replicas(s, endpoint_id=deployment.endpoint_id)
-                if r.deployment_id != deployment.id
-            ]
-
-    async def _surge(self, deployment: Deployment, endpoint: Endpoint, weight_path: str) -> None:
-        await self._event(
-            deployment.id,
-            Step.STARTING,
-            f"surge: starting {endpoint.replicas} replica(s) of {deployment.model_name} "
-            "next to the serving ones",
+        backoff = self._heal_backoff.setdefault(endpoint.endpoint_id, _Backoff())
+        backoff.failures += 1
+        wait = min(
+            self.config.heal_backoff * 2 ** (backoff.failures - 1), self.config.heal_backoff_max
         )
-        handles: list[ReplicaHandle] = []
-        for _ in range(endpoint.replicas):
-            taken = {h.replica_id for h in handles}
-            handles.append(await self.replicas.start(deployment, endpoint, weight_path, taken))
-        await self._event(deployment.id, Step.WARMING, "waiting for readiness and a warm-up")
-        await self._gate_and_serve(deployment, endpoint, handles, heal=False)
-        await self._event(deployment.id, Step.WARMING, "all new replicas ready and warmed up")
-        old = await self._switch(deployment, endpoint)
-        await self._drain(deployment, old)
-
-    async def _rolling(self, deployment: Deployment, endpoint: Endpoint, weight_path: str) -> None:
-        await self._event(
-            deployment.id,
-            Step.ROLLING,
-            f"rolling: replacing {endpoint.replicas} replica(s) one at a time "
-            f"(no room to surge under TURNOUT_MAX_REPLICAS={self.config.max_replicas})",
+        backoff.retry_at = time.monotonic() + wait
+        log.warning(
+            "endpoint %s: replacement %s failed (%s); retrying in %.0f s",
+            endpoint.endpoint_id,
+            handle.replica_id,
+            exc.message,
+            wait,
         )
-        started: set[str] = set()
-        for _ in range(endpoint.replicas):
-            await self._check_not_cancelled(deployment.id)
-            old = [r for r in await self._old_replicas(deployment) if r.state not in GONE]
-            async with self.db.session() as s:
-                running = [r for r in await repo.list_replicas(s) if r.state not in GONE]
-            if old and len(running) >= self.config.max_replicas:
-                # No spare slot: take one old replica out of rotation first.
-                await self._drain(deployment, old[:1], Step.ROLLING)
-                old = old[1:]
-            handle = await self.replicas.start(deployment, endpoint, weight_path, started)
-            started.add(handle.replica_id)
-            await self._gate_and_serve(deployment, endpoint, [handle], heal=False)
-            if old and len(started) + len(old) > endpoint.replicas:
-                await self._drain(deployment, old[:1], Step.ROLLING)
-        old = await self._switch(deployment, endpoint)
-        await self._drain(deployment, old)
-
-    async def _switch(self, deployment: Deployment, endpoint: Endpoint) -> list[Replica]:
-        async with self.db.session() as s:
-            # Atomic with cancel: only an in-progress deployment that was not cancelled switches.
-            switched = await repo.compare_and_set_state(
-                s,
-                deployment.id,
-                from_states=[S.IN_PROGRESS.value],
-                to_state=S.IN_PROGRESS.value,
-                step=Step.SWITCHED.value,
-            )
-            if not switched:
-                raise RolloutAborted(S.CANCELLED, "cancelled", "cancelled by request")
-            before = (await repo.get_endpoint(s, endpoint.endpoint_id)).serving_deployment_id
-            await repo.set_serving(s, endpoint.endpoint_id, deployment.id)
-            await repo.add_event(
-                s,
-                deployment.id,
-                Step.SWITCHED.value,
-                f"traffic switched from {before or 'nothing'} to this deployment",
-            )
-        await self.publish()
-        return await self._old_replicas(deployment)
-
-    async def _drain(
-        self, deployment: Deployment, old: list[Replica], step: Step = Step.DRAINING
-    ) -> None:
-        """Take replicas out of rotation, wait for their in-flight requests, stop them."""
-        if not old:
-            # Nothing to stop, but gateways in other processes must serve the new table before
-            # the deployment counts as complete.
-            await self.sink.wait_drained([], self.config.drain_timeout)
-            return
-        await self._event(
-            deployment.id,
-            step,
-            f"draining {len(old)} old replica(s); in-flight requests finish",
-        )
-        for replica in old:
-            await self.replicas.set_state(replica, ReplicaState.DRAINING)
-        await self.publish()
-        drained = await self.sink.wait_drained([r.id for r in old], self.config.drain_timeout)
-        if not drained:
-            log.warning("deployment %s: drain timeout; stopping old replicas anyway", deployment.id)
-        await self.replicas.stop(old)
-
-    async def _complete(self, deployment: Deployment) -> None:
-        async with self.db.session() as s:
-            await repo.compare_and_set_state(
-                s,
-                deployment.id,
-                from_states=[S.IN_PROGRESS.value],
-                to_state=S.COMPLETE.value,
-                step=Step.DONE.value,
-            )
-            await repo.add_event(
-                s, deployment.id, Step.DONE.value, "complete: this deployment serves"
-            )
-
-    async def _abort(self, deployment: Deployment, exc: RolloutAborted) -> None:
-        log.warning("deployment %s %s: %s", deployment.id, exc.state.value, exc.message)
-        async with self.db.session() as s:
-            mine = await repo.list_replicas(s, deployment_id=deployment.id)
-        await self.replicas.stop(mine)
-        async with self.db.session() as s:
-            await repo.compare_and_set_state(
-                s,
-                deployment.id,
-                from_states=[S.NOT_STARTED.value, S.IN_PROGRESS.value],
-                to_state=exc.state.value,
-                error_code=exc.code,
-                error_message=f"{exc.message}; the previous version keeps serving",
-            )
-            await repo.add_event(s, deployment.id, exc.state.value, exc.message)
-        # A rolling rollout may have replaced some old replicas: the next pass heals them back.
-        await self.publish()
-        self.wakeup.set()
-
-    # -- recovery after a crash -------------------------------------------------------------
-
-    async def recover(self, alive: list[ReplicaHandle]) -> None:
-        """Diff the store against the replicas that really run, then finish or undo rollouts."""
-        live = {h.replica_id: h for h in alive}
-        async with self.db.session() as s:
-            stored = await repo.list_replicas(s)
-            interrupted = await repo.list_deployments(s, states=[S.IN_PROGRESS.value])
-            for replica in stored:
-                if replica.id in live:
-                    self.replicas.handles[replica.id] = live[replica.id]
-                else:  # listed but not alive: forget it
-                    await repo.forget_replica(s, replica.id)
-        stored_ids = {r.id for r in stored}
-        # Alive but unknown: stop it.
-        await self.replicas.stop_unrecorded([h for i, h in live.items() if i not in stored_ids])
-        for deployment in interrupted:
-            await self._recover_deployment(deployment)
-        await self.publish()
-
-    async def _recover_deployment(self, deployment: Deployment) -> None:
-        async with self.db.session() as s:
-            endpoint = await repo.get_endpoint(s, deployment.endpoint_id)
-            replicas = await repo.list_replicas(s, endpoint_id=deployment.endpoint_id)
-        if deployment.step in SWITCHED_STEPS or endpoint.serving_deployment_id == deployment.id:
-            # Traffic had switched: finish the drain of the old replicas and complete.
-            await self.replicas.stop([r for r in replicas if r.deployment_id != deployment.id])
-            await self._complete(deployment)
-            return
-        # Before the switch: drop its replicas; the reconcile pass runs it again from the start.
-        await self.replicas.stop([r for r in replicas if r.deployment_id == deployment.id])
-        await self._event(deployment.id, Step.STARTING, "resumed after a server restart")
+        await self.replicas.mark([handle.replica_id], ReplicaState.FAILED, exc.message)

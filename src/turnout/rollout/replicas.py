@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from turnout.placement.base import Placement, ReplicaHandle, ReplicaSpec, ReplicaState
+from turnout.placement.base import Placement, ReplicaHandle, ReplicaSpec
 from turnout.placement.engines import EngineCatalog
-from turnout.store import endpoints as repo
+from turnout.states import ReplicaState
+from turnout.store import replicas as rows
 from turnout.store.db import Database
 from turnout.store.records import Deployment, Endpoint, Replica
 
@@ -53,12 +55,11 @@ class Replicas:
         await self._http.aclose()
 
     async def start(
-        self, deployment: Deployment, endpoint: Endpoint, weight_path: str, taken: Collection[str]
+        self, deployment: Deployment, endpoint: Endpoint, weight_path: str
     ) -> ReplicaHandle:
-        """Start one replica of ``deployment`` under the first free id."""
-        index = 0
-        while (replica_id := f"{endpoint.endpoint_id}-{deployment.id[:8]}-{index}") in taken:
-            index += 1
+        """Start one replica of ``deployment`` under a new id (ids are never reused, so logs
+        and events of a replaced replica stay its own)."""
+        replica_id = f"{endpoint.endpoint_id}-{deployment.id[:8]}-{secrets.token_hex(3)}"
         spec = ReplicaSpec(
             replica_id=replica_id,
             endpoint_id=endpoint.endpoint_id,
@@ -88,12 +89,12 @@ class Replicas:
         error: str | None = None,
     ) -> None:
         async with self.db.session() as s:
-            await repo.upsert_replica(
+            await rows.upsert_replica(
                 s,
                 replica_id,
                 endpoint_id=endpoint_id,
                 deployment_id=deployment_id,
-                state=state.value,
+                state=state,
                 address=handle.address if handle else None,
                 pid=handle.pid if handle else None,
                 error=error,
@@ -103,6 +104,14 @@ class Replicas:
         self, replica: Replica, state: ReplicaState, error: str | None = None
     ) -> None:
         await self._save(replica.id, replica.endpoint_id, replica.deployment_id, state, error=error)
+
+    async def mark(
+        self, replica_ids: Collection[str], state: ReplicaState, error: str | None = None
+    ) -> None:
+        async with self.db.session() as s:
+            found = [r for r in await rows.list_replicas(s) if r.id in replica_ids]
+        for replica in found:
+            await self.set_state(replica, state, error)
 
     async def gate(
         self,
@@ -165,7 +174,7 @@ class Replicas:
             if handle is not None:
                 await self.placement.stop(handle, drain_timeout=self.config.stop_timeout)
             async with self.db.session() as s:
-                await repo.forget_replica(s, replica.id)
+                await rows.forget_replica(s, replica.id)
 
         await asyncio.gather(*(stop_one(r) for r in replicas))
 

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from turnout.states import DeploymentState, ReplicaState, Step
+
 
 class KeyKind(StrEnum):
     MANAGEMENT = "management"
@@ -113,8 +115,8 @@ class Deployment:
     version_id: int
     version_number: int
     alias_used: str | None
-    state: str
-    step: str | None
+    state: DeploymentState
+    step: Step
     error_code: str | None
     error_message: str | None
     created: int
@@ -132,7 +134,7 @@ class Replica:
     deployment_id: str
     address: str | None
     pid: int | None
-    state: str
+    state: ReplicaState
     error: str | None
     created: int
     updated: int

@@ -6,11 +6,13 @@ Schema changes go through Alembic migrations in ``store/migrations``.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -22,12 +24,27 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from turnout.states import DeploymentState, ReplicaState, Step
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def _enum_column(enum: type[StrEnum], length: int) -> Enum:
+    """A plain VARCHAR holding the enum's values (not its member names); no CHECK constraint,
+    so adding a member needs no migration."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
 
 
 class Base(DeclarativeBase):
@@ -124,8 +141,8 @@ class DeploymentRow(Base):
     org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     alias_used: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    step: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    state: Mapped[DeploymentState] = mapped_column(_enum_column(DeploymentState, 16), index=True)
+    step: Mapped[Step] = mapped_column(_enum_column(Step, 32))
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
@@ -150,7 +167,7 @@ class ReplicaRow(Base):
     deployment_id: Mapped[str] = mapped_column(String(36), index=True)
     address: Mapped[str | None] = mapped_column(String(256), nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[ReplicaState] = mapped_column(_enum_column(ReplicaState, 16))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
     updated: Mapped[int] = mapped_column(BigInteger)

@@ -131,28 +131,8 @@ async def seed_architectures(session: AsyncSession, records: Iterable[Architectu
     await session.flush()
 
 
-def _arch(row: ArchitectureRow) -> ArchitectureRecord:
-    return ArchitectureRecord(row.arch_id, row.description, dict(row.config), dict(row.serving))
-
-
-async def list_architectures(session: AsyncSession) -> list[ArchitectureRecord]:
-    rows = await session.scalars(select(ArchitectureRow).order_by(ArchitectureRow.arch_id))
-    return [_arch(r) for r in rows]
-
-
-async def get_architecture(session: AsyncSession, arch_id: str) -> ArchitectureRecord:
-    row = await session.get(ArchitectureRow, arch_id)
-    if row is None:
-        raise NotFound(
-            f"architecture {arch_id!r} does not exist; list them with "
-            "`turnout admin arch list` or GET /management/v1/orgs/{org}/models",
-            param="model_arch_id",
-        )
-    return _arch(row)
-
-
 async def grant(session: AsyncSession, org: Org, arch_id: str) -> None:
-    await get_architecture(session, arch_id)
+    """Callers check ``arch_id`` against the catalog; the foreign key backs them up."""
     if await session.get(ArchGrantRow, (org.id, arch_id)) is None:
         session.add(ArchGrantRow(org_id=org.id, arch_id=arch_id))
         await session.flush()

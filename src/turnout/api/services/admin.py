@@ -3,16 +3,17 @@ store directly) and by ``/admin/v1``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
 from turnout.api.schemas import admin as wire
-from turnout.errors import BadRequest, Conflict, NotFound
+from turnout.errors import BadRequest, NotFound
 from turnout.ids import NAME_PATTERN, hash_key, new_key, new_key_id
 from turnout.placement.engines import EngineCatalog
-from turnout.registry.architectures import BUILTIN_ARCHITECTURES
-from turnout.rollout.states import ACTIVE
+from turnout.registry.architectures import BUILTIN_ARCHITECTURES, Architecture, get_architecture
+from turnout.states import ACTIVE, Event, IllegalTransition
+from turnout.store import deployments, tenants
 from turnout.store import endpoints as endpoints_repo
-from turnout.store import tenants
 from turnout.store.db import Database
 from turnout.store.records import ApiKey, ArchitectureRecord, Endpoint, KeyKind
 
@@ -58,10 +59,38 @@ def _endpoint_out(e: Endpoint) -> wire.EndpointOut:
     )
 
 
+def _nothing() -> None:
+    """No worker in this process to tell: it notices on its next pass."""
+
+
+def _architecture(arch_id: str) -> Architecture:
+    arch = get_architecture(arch_id)
+    if arch is None:
+        known = ", ".join(a.arch_id for a in BUILTIN_ARCHITECTURES)
+        raise NotFound(
+            f"architecture {arch_id!r} is not in the catalog; use one of {known}",
+            param="arch",
+            code="architecture_not_found",
+        )
+    return arch
+
+
 class AdminService:
-    def __init__(self, db: Database, engines: EngineCatalog | None = None) -> None:
+    """The architecture catalog is :mod:`turnout.registry.architectures` (the store keeps a
+    seeded copy only so grants and versions can reference architecture ids)."""
+
+    def __init__(
+        self,
+        db: Database,
+        engines: EngineCatalog | None = None,
+        *,
+        on_keys_changed: Callable[[], None] = _nothing,
+        on_endpoint_deleted: Callable[[], None] = _nothing,
+    ) -> None:
         self.db = db
         self.engines = engines or EngineCatalog()
+        self.on_keys_changed = on_keys_changed
+        self.on_endpoint_deleted = on_endpoint_deleted
 
     async def seed(self) -> None:
         async with self.db.session() as s:
@@ -102,6 +131,7 @@ class AdminService:
                 key_hash=hash_key(token),
                 prefix=token[:8],
             )
+        self.on_keys_changed()
         return _key_out(key, token)
 
     async def list_keys(self, org_name: str | None) -> wire.KeyList:
@@ -113,24 +143,24 @@ class AdminService:
     async def revoke_key(self, key_id: str) -> wire.KeyOut:
         async with self.db.session() as s:
             key = await tenants.revoke_key(s, key_id)
+        self.on_keys_changed()
         return _key_out(key)
 
     async def list_architectures(self) -> wire.ArchList:
-        async with self.db.session() as s:
-            archs = await tenants.list_architectures(s)
         return wire.ArchList(
             architectures=[
                 wire.ArchOut(
                     arch_id=a.arch_id,
                     description=a.description,
                     config=dict(a.config),
-                    serving=dict(a.serving),
+                    serving=asdict(a.serving),
                 )
-                for a in archs
+                for a in BUILTIN_ARCHITECTURES
             ]
         )
 
     async def grant(self, arch_id: str, org_name: str) -> wire.OrgOut:
+        _architecture(arch_id)
         async with self.db.session() as s:
             org = await tenants.get_org(s, org_name)
             await tenants.grant(s, org, arch_id)
@@ -141,8 +171,7 @@ class AdminService:
         _check_name(req.endpoint_id, "endpoint id", "endpoint_id")
         async with self.db.session() as s:
             org = await tenants.get_org(s, req.org)
-            arch = await tenants.get_architecture(s, req.arch)
-            engine = req.engine or str(arch.serving.get("engine", "builtin"))
+            engine = req.engine or _architecture(req.arch).serving.engine
             if engine not in self.engines.names():
                 raise BadRequest(
                     f"engine {engine!r} is unknown; use one of {', '.join(self.engines.names())}"
@@ -166,18 +195,25 @@ class AdminService:
         return wire.EndpointOutList(endpoints=[_endpoint_out(e) for e in endpoints])
 
     async def delete_endpoint(self, endpoint_id: str) -> wire.EndpointOut:
+        """Cancel the endpoint's queued and running deployments and delete it; the rollout
+        worker's next pass takes it out of routing (new requests get 404), lets in-flight
+        requests finish and stops its replicas."""
         async with self.db.session() as s:
             endpoint = await endpoints_repo.find_endpoint(s, endpoint_id)
             if endpoint is None:
                 raise NotFound(f"endpoint {endpoint_id!r} does not exist", param="endpoint_id")
-            active = await endpoints_repo.list_deployments(
-                s, endpoint_id=endpoint_id, states=[st.value for st in ACTIVE]
-            )
-            if active:
-                raise Conflict(
-                    f"endpoint {endpoint_id!r} has deployment {active[0].id} "
-                    f"{active[0].state}; cancel it first, then delete the endpoint",
-                    param="endpoint_id",
-                )
+            for d in await deployments.list_deployments(s, endpoint_id=endpoint_id, states=ACTIVE):
+                try:
+                    await deployments.apply(
+                        s,
+                        d.id,
+                        Event.CANCEL,
+                        message="cancelled: the endpoint is being deleted",
+                        error_code="endpoint_deleted",
+                        error_message="the endpoint was deleted",
+                    )
+                except IllegalTransition:
+                    pass  # switched already: it goes with the endpoint
             await endpoints_repo.delete_endpoint(s, endpoint_id)
+        self.on_endpoint_deleted()
         return _endpoint_out(endpoint)

@@ -14,25 +14,18 @@ from turnout.api.services.auth import Principal, check_org
 from turnout.api.services.models import body_hash
 from turnout.errors import BadRequest, Conflict, NotFound, PermissionDenied
 from turnout.ids import VersionRef, new_deployment_id
-from turnout.placement.base import ReplicaState
-from turnout.rollout.states import (
-    ACTIVE,
-    SWITCHED_STEPS,
-    DeploymentState,
-    Event,
-    IllegalTransition,
-    advance,
-)
+from turnout.states import ACTIVE, DeploymentState, Event, IllegalTransition, ReplicaState
+from turnout.store import deployments, replicas, versions
 from turnout.store import endpoints as repo
-from turnout.store import versions
 from turnout.store.db import Database
+from turnout.store.deployments import LostRace
 from turnout.store.records import Deployment, Endpoint, SyncStatus
 
 
 def deployment_schema(
     d: Deployment, events: list[dwire.DeploymentEvent] | None = None
 ) -> dwire.DeploymentOperation:
-    state = DeploymentState(d.state)
+    state = d.state
     error = None
     if state in (DeploymentState.FAILED, DeploymentState.CANCELLED):
         error = OperationError(
@@ -90,17 +83,22 @@ class EndpointsService:
     async def status(self, principal: Principal, endpoint_id: str) -> ewire.EndpointStatus:
         async with self.db.session() as s:
             endpoint = await self._owned(s, principal, endpoint_id)
-            shown = await repo.list_deployments(
-                s, endpoint_id=endpoint_id, states=[a.value for a in ACTIVE]
-            )
-            if endpoint.serving_deployment_id:
-                serving = await repo.find_deployment(s, endpoint.serving_deployment_id)
+            # The serving deployment and any queued or running one, each once (the serving one
+            # is also still running while its old replicas drain).
+            shown = {
+                d.id: d
+                for d in await deployments.list_deployments(
+                    s, endpoint_id=endpoint_id, states=ACTIVE
+                )
+            }
+            if endpoint.serving_deployment_id and endpoint.serving_deployment_id not in shown:
+                serving = await deployments.find_deployment(s, endpoint.serving_deployment_id)
                 if serving:
-                    shown.append(serving)
-            replicas = await repo.list_replicas(s, endpoint_id=endpoint_id)
+                    shown[serving.id] = serving
+            rows = await replicas.list_replicas(s, endpoint_id=endpoint_id)
             deployed = []
-            for d in sorted(shown, key=lambda d: d.seq):
-                mine = [r for r in replicas if r.deployment_id == d.id]
+            for d in sorted(shown.values(), key=lambda d: d.seq):
+                mine = [r for r in rows if r.deployment_id == d.id]
                 alias = d.alias_used
                 if alias is None:
                     version = await versions.get_version_by_pk(s, d.version_id)
@@ -114,7 +112,7 @@ class EndpointsService:
                         state=d.state,
                         serving=d.id == endpoint.serving_deployment_id,
                         replicas=ewire.ReplicaCounts(
-                            ready=sum(r.state == ReplicaState.READY for r in mine), total=len(mine)
+                            ready=sum(r.state is ReplicaState.READY for r in mine), total=len(mine)
                         ),
                     )
                 )
@@ -144,7 +142,7 @@ class EndpointsService:
                             "use a new key",
                             code="idempotency_key_reused",
                         )
-                    return deployment_schema(await repo.get_deployment(s, found[1]))
+                    return deployment_schema(await deployments.get_deployment(s, found[1]))
             deployment = await self._submit(s, principal, endpoint, ref)
             if idem_key:
                 await versions.record_idempotent(
@@ -183,23 +181,22 @@ class EndpointsService:
                 param="model",
                 code="version_not_ready",
             )
-        return await repo.create_deployment(
+        return await deployments.create_deployment(
             s,
             deployment_id=new_deployment_id(),
             endpoint=endpoint,
             version_pk=version.id,
             alias_used=None if ref.version.isdigit() else ref.version,
-            state=DeploymentState.NOT_STARTED.value,
         )
 
     async def get_deployment(
         self, principal: Principal, deployment_id: str
     ) -> dwire.DeploymentOperation:
         async with self.db.session() as s:
-            d = await repo.get_deployment(s, deployment_id)
+            d = await deployments.get_deployment(s, deployment_id)
             if d.org_id != principal.org.id:
-                await repo.get_deployment(s, "")  # the same 404 as an unknown id
-            events = await repo.list_events(s, deployment_id)
+                raise deployments.deployment_not_found(deployment_id)  # as for an unknown id
+            events = await deployments.list_events(s, deployment_id)
         return deployment_schema(
             d, [dwire.DeploymentEvent(at=e.at, step=e.step, message=e.message) for e in events]
         )
@@ -209,7 +206,7 @@ class EndpointsService:
     ) -> dwire.DeploymentList:
         async with self.db.session() as s:
             await self._owned(s, principal, endpoint_id)
-            found = await repo.list_deployments(s, endpoint_id=endpoint_id)
+            found = await deployments.list_deployments(s, endpoint_id=endpoint_id)
         return dwire.DeploymentList(deployments=[deployment_schema(d) for d in found])
 
     async def cancel(
@@ -217,50 +214,36 @@ class EndpointsService:
     ) -> dwire.DeploymentOperation:
         async with self.db.session() as s:
             await self._owned(s, principal, endpoint_id)
-            d = await repo.find_deployment(s, deployment_id)
+            d = await deployments.find_deployment(s, deployment_id)
             if d is None or d.endpoint_id != endpoint_id:
                 raise NotFound(
                     f"deployment {deployment_id!r} does not exist on endpoint {endpoint_id!r}",
                     param="deployment_id",
                     code="deployment_not_found",
                 )
+            # The rollout worker reads the stored state before each step and stops its
+            # replicas. Once traffic has switched, cancelling would cut the new version's
+            # requests: the transition table refuses, and the caller rolls back instead.
             try:
-                new_state = advance(DeploymentState(d.state), Event.CANCEL)
-            except IllegalTransition:
-                raise Conflict(
-                    f"deployment {deployment_id} is already {d.state} and cannot be cancelled",
-                    param="deployment_id",
-                    code="deployment_done",
-                ) from None
-            # The rollout worker sees the stored state before each step and stops its replicas.
-            # Once traffic has switched, cancelling would cut the new version's requests: the
-            # caller rolls back instead.
-            cancelled = await repo.compare_and_set_state(
-                s,
-                deployment_id,
-                from_states=[a.value for a in ACTIVE],
-                to_state=new_state.value,
-                before_steps=SWITCHED_STEPS,
-                error_code="cancelled",
-                error_message="cancelled by request; the previous version keeps serving",
-            )
-            if not cancelled:
-                raise Conflict(
-                    f"deployment {deployment_id} already switched traffic to the new version; "
-                    f"roll back with POST /management/v1/endpoints/{endpoint_id}:rollback",
-                    param="deployment_id",
-                    code="deployment_switched",
+                d = await deployments.apply(
+                    s,
+                    deployment_id,
+                    Event.CANCEL,
+                    message="cancel requested",
+                    error_code="cancelled",
+                    error_message="cancelled by request; the previous version keeps serving",
                 )
-            await repo.add_event(s, deployment_id, "cancelled", "cancel requested")
-            d = await repo.get_deployment(s, deployment_id)
+            except (IllegalTransition, LostRace):
+                now = await deployments.find_deployment(s, deployment_id) or d
+                raise _cancel_refused(now, endpoint_id) from None
         self.on_queued()
         return deployment_schema(d)
 
     async def rollback(self, principal: Principal, endpoint_id: str) -> dwire.DeploymentOperation:
         async with self.db.session() as s:
             endpoint = await self._owned(s, principal, endpoint_id)
-            complete = await repo.list_deployments(
-                s, endpoint_id=endpoint_id, states=[DeploymentState.COMPLETE.value]
+            complete = await deployments.list_deployments(
+                s, endpoint_id=endpoint_id, states=[DeploymentState.COMPLETE]
             )
             serving = next((d for d in complete if d.id == endpoint.serving_deployment_id), None)
             previous = next(
@@ -281,8 +264,24 @@ class EndpointsService:
                 )
             ref = VersionRef(previous.org_name, previous.arch_id, str(previous.version_number))
             deployment = await self._submit(s, principal, endpoint, ref)
-            await repo.add_event(
+            await deployments.add_event(
                 s, deployment.id, "submitted", f"rollback to version {previous.version_number}"
             )
         self.on_queued()
         return deployment_schema(deployment)
+
+
+def _cancel_refused(d: Deployment, endpoint_id: str) -> Conflict:
+    """409 naming why: the deployment already ended, or its traffic already switched."""
+    if d.state in ACTIVE:
+        return Conflict(
+            f"deployment {d.id} already switched traffic to the new version; "
+            f"roll back with POST /management/v1/endpoints/{endpoint_id}:rollback",
+            param="deployment_id",
+            code="deployment_switched",
+        )
+    return Conflict(
+        f"deployment {d.id} is already {d.state} and cannot be cancelled",
+        param="deployment_id",
+        code="deployment_done",
+    )

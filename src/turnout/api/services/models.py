@@ -14,9 +14,9 @@ from turnout.api.schemas.base import OperationError
 from turnout.api.services.auth import Principal, check_org
 from turnout.errors import BadRequest, Conflict, NotFound, VersionInUse
 from turnout.ids import ALIAS_PATTERN, FINGERPRINT_SUFFIX_PATTERN
-from turnout.rollout.states import ACTIVE
-from turnout.store import endpoints as endpoints_repo
-from turnout.store import tenants, versions
+from turnout.registry.architectures import get_architecture
+from turnout.states import ACTIVE
+from turnout.store import deployments, tenants, versions
 from turnout.store.db import Database
 from turnout.store.records import ModelVersion, Org, SyncStatus
 
@@ -78,7 +78,12 @@ class ModelsService:
     async def _granted_org(self, principal: Principal, org_name: str, arch_id: str) -> Org:
         org = await check_org(self.db, principal, org_name)
         async with self.db.session() as s:
-            await tenants.get_architecture(s, arch_id)
+            if get_architecture(arch_id) is None:
+                raise NotFound(
+                    f"architecture {arch_id!r} does not exist; list them with "
+                    "`turnout admin arch list` or GET /management/v1/orgs/{org}/models",
+                    param="model_arch_id",
+                )
             if not await tenants.is_granted(s, org, arch_id):
                 raise NotFound(
                     f"architecture {arch_id!r} is not available to org {org.name!r}; list the "
@@ -174,7 +179,7 @@ class ModelsService:
         org = await self._granted_org(principal, org_name, arch_id)
         async with self.db.session() as s:
             version = await versions.resolve_version(s, org, arch_id, ref)
-            endpoint = await endpoints_repo.version_in_use(s, version.id, [a.value for a in ACTIVE])
+            endpoint = await deployments.version_in_use(s, version.id, ACTIVE)
             if endpoint:
                 raise VersionInUse(
                     f"{version.name} is serving on, or being deployed to, endpoint {endpoint!r}; "

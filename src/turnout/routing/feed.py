@@ -1,0 +1,162 @@
+"""Building the routing table from the store, and handing it to the gateways.
+
+The rollout controller calls :meth:`RoutingFeed.publish` after each change and
+:meth:`RoutingFeed.wait_drained` before it stops old replicas; it never sees a gateway.
+``InProcessFeed`` swaps the table of a gateway in the same process; ``StoreFeed`` bumps the
+store's routing generation, which gateways in other processes follow
+(:class:`turnout.routing.follower.StoreFollower`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+from types import MappingProxyType
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from turnout.routing.table import EndpointRoute, ReplicaRoute, RoutingTable
+from turnout.states import DeploymentState, ReplicaState, Step
+from turnout.store import deployments, endpoints, replicas, routing, versions
+from turnout.store.db import Database
+from turnout.store.records import Deployment, Endpoint
+
+log = logging.getLogger(__name__)
+
+
+class RoutingFeed(Protocol):
+    """What the rollout controller needs of the gateways."""
+
+    async def publish(self) -> None:
+        """Rebuild the routing table from the store; hand it to the gateways if it changed."""
+        ...
+
+    async def wait_drained(self, replica_ids: Collection[str], timeout: float) -> bool:
+        """True once no gateway sends new requests to (or, in-process, still has requests on)
+        any of ``replica_ids``; False on timeout."""
+        ...
+
+
+class TableHolder(Protocol):
+    """A gateway's side: the table it routes by, and its in-flight counts (the Router)."""
+
+    def current(self) -> RoutingTable: ...
+
+    def swap(self, table: RoutingTable) -> None: ...
+
+    async def wait_drained(self, replica_ids: Collection[str], timeout: float) -> bool: ...
+
+
+async def build_routes(session: AsyncSession) -> dict[str, EndpointRoute]:
+    routes = {}
+    for endpoint in await endpoints.list_endpoints(session):
+        routes[endpoint.endpoint_id] = await _route(session, endpoint)
+    return routes
+
+
+def next_table(current: RoutingTable, routes: dict[str, EndpointRoute]) -> RoutingTable | None:
+    """The table to swap in, or None when nothing changed."""
+    if dict(current.endpoints) == routes:
+        return None
+    return RoutingTable(MappingProxyType(routes), current.generation + 1)
+
+
+async def _routed_deployments(session: AsyncSession, endpoint: Endpoint) -> list[Deployment]:
+    """The serving deployment, plus one rolling in replica by replica (its replicas serve as
+    soon as they pass their gates)."""
+    routed = []
+    if endpoint.serving_deployment_id:
+        serving = await deployments.find_deployment(session, endpoint.serving_deployment_id)
+        if serving is not None:
+            routed.append(serving)
+    running = await deployments.list_deployments(
+        session, endpoint_id=endpoint.endpoint_id, states=[DeploymentState.IN_PROGRESS]
+    )
+    routed.extend(
+        d for d in running if d.step is Step.ROLLING and d.id != endpoint.serving_deployment_id
+    )
+    return routed
+
+
+async def _route(session: AsyncSession, endpoint: Endpoint) -> EndpointRoute:
+    routed = await _routed_deployments(session, endpoint)
+    if not routed:
+        return EndpointRoute(endpoint.endpoint_id, endpoint.org_name, None, None, None, ())
+    found: list[ReplicaRoute] = []
+    fingerprints: dict[str, str | None] = {}
+    for deployment in routed:
+        version = await versions.get_version_by_pk(session, deployment.version_id)
+        fingerprints[deployment.id] = version.fingerprint if version else None
+        found.extend(
+            ReplicaRoute(
+                r.id,
+                r.address,
+                deployment_id=deployment.id,
+                version_id=deployment.version_number,
+                fingerprint=fingerprints[deployment.id],
+            )
+            for r in await replicas.list_replicas(session, deployment_id=deployment.id)
+            if r.state is ReplicaState.READY and r.address
+        )
+    main = routed[0]
+    return EndpointRoute(
+        endpoint.endpoint_id,
+        endpoint.org_name,
+        main.id,
+        main.version_number,
+        fingerprints[main.id],
+        tuple(found),
+    )
+
+
+class InProcessFeed:
+    """The gateway runs in this process: swap its table directly, count its in-flight requests."""
+
+    def __init__(self, db: Database, gateway: TableHolder) -> None:
+        self.db = db
+        self.gateway = gateway
+
+    async def publish(self) -> None:
+        async with self.db.session() as s:
+            routes = await build_routes(s)
+        table = next_table(self.gateway.current(), routes)
+        if table is not None:
+            self.gateway.swap(table)
+            log.info("published %s", table)
+
+    async def wait_drained(self, replica_ids: Collection[str], timeout: float) -> bool:
+        return await self.gateway.wait_drained(replica_ids, timeout)
+
+
+class StoreFeed:
+    """Gateways run in other processes: bump the store's routing generation, and count a
+    replica drained once every live gateway serves a table without it. Requests those
+    gateways still have in flight finish through the engine's own SIGTERM drain."""
+
+    def __init__(self, db: Database, *, gateway_alive_within: float = 5.0) -> None:
+        self.db = db
+        self.alive_within = gateway_alive_within
+        self._last: dict[str, EndpointRoute] | None = None
+        self._generation = 0
+
+    async def publish(self) -> None:
+        async with self.db.session() as s:
+            routes = await build_routes(s)
+            if routes == self._last:
+                return
+            self._generation = await routing.bump_routing_generation(s)
+        self._last = routes
+        log.info("published routing generation %d", self._generation)
+
+    async def wait_drained(self, replica_ids: Collection[str], timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            async with self.db.session() as s:
+                lagging = await routing.lagging_gateways(s, self._generation, self.alive_within)
+            if not lagging:
+                return True
+            await asyncio.sleep(0.1)
+        return False

@@ -1,0 +1,49 @@
+"""The routing table: which replicas serve each endpoint, as frozen values.
+
+The rollout worker's feed builds it from the store (:mod:`turnout.routing.feed`); a gateway
+swaps it in whole and reads it on every request without touching the store. This module
+imports nothing of Turnout, so the gateway and the feed can share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRoute:
+    replica_id: str
+    address: str  #: base URL, e.g. "http://127.0.0.1:8101"
+    # Set when this replica runs another version than its endpoint's (a "rolling" rollout
+    # serves two versions from one endpoint for a while); None: the endpoint's value holds.
+    deployment_id: str | None = None
+    version_id: int | None = None
+    fingerprint: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.replica_id}@{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRoute:
+    endpoint_id: str
+    org_name: str
+    deployment_id: str | None  #: None while nothing serves yet
+    version_id: int | None
+    #: "fp_" + first 10 hex of the version digest [+ "_" + suffix]; computed by the controller.
+    fingerprint: str | None
+    replicas: tuple[ReplicaRoute, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.endpoint_id} (org {self.org_name}, version {self.version_id})"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    endpoints: Mapping[str, EndpointRoute] = field(default_factory=lambda: MappingProxyType({}))
+    generation: int = 0
+
+    def __str__(self) -> str:
+        return f"routing table generation {self.generation} ({len(self.endpoints)} endpoints)"

@@ -1,0 +1,69 @@
+"""Replicas: one row per engine process the rollout worker started, written before it starts."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from turnout.states import ReplicaState
+from turnout.store.records import Replica
+from turnout.store.tables import ReplicaRow
+from turnout.store.tenants import now
+
+
+def _replica(row: ReplicaRow) -> Replica:
+    return Replica(
+        id=row.id,
+        endpoint_id=row.endpoint_id,
+        deployment_id=row.deployment_id,
+        address=row.address,
+        pid=row.pid,
+        state=row.state,
+        error=row.error,
+        created=row.created,
+        updated=row.updated,
+    )
+
+
+async def upsert_replica(
+    session: AsyncSession,
+    replica_id: str,
+    *,
+    endpoint_id: str,
+    deployment_id: str,
+    state: ReplicaState,
+    address: str | None = None,
+    pid: int | None = None,
+    error: str | None = None,
+) -> None:
+    row = await session.get(ReplicaRow, replica_id)
+    ts = now()
+    if row is None:
+        row = ReplicaRow(
+            id=replica_id, endpoint_id=endpoint_id, deployment_id=deployment_id, created=ts
+        )
+        session.add(row)
+    row.state = state
+    row.updated = ts
+    if address is not None:
+        row.address = address
+    if pid is not None:
+        row.pid = pid
+    row.error = error
+    await session.flush()
+
+
+async def list_replicas(
+    session: AsyncSession, *, endpoint_id: str | None = None, deployment_id: str | None = None
+) -> list[Replica]:
+    query = select(ReplicaRow)
+    if endpoint_id is not None:
+        query = query.where(ReplicaRow.endpoint_id == endpoint_id)
+    if deployment_id is not None:
+        query = query.where(ReplicaRow.deployment_id == deployment_id)
+    rows = await session.scalars(query.order_by(ReplicaRow.created, ReplicaRow.id))
+    return [_replica(r) for r in rows]
+
+
+async def forget_replica(session: AsyncSession, replica_id: str) -> None:
+    await session.execute(delete(ReplicaRow).where(ReplicaRow.id == replica_id))
