@@ -96,7 +96,8 @@ def run_gateway(port: int, upstream: str, engine: str | None = None) -> None:
 
     from turnout.gateway.app import create_gateway_app
     from turnout.gateway.keys import StaticInferenceKeys, hash_key
-    from turnout.gateway.routing import EndpointRoute, ReplicaRoute, Router, RoutingTable
+    from turnout.gateway.routing import Router
+    from turnout.routing.table import EndpointRoute, ReplicaRoute, RoutingTable
 
     routes = {
         "bench": EndpointRoute(

@@ -134,7 +134,7 @@ def test_deploy_wait_status_and_chat(env: Env) -> None:
 
 def chat_reply(env: Env, prompt: str, max_tokens: int) -> str:
     """The same question without streaming; greedy decoding gives the same answer."""
-    with env.server.client(env.env["TURNOUT_API_KEY"]) as http:
+    with env.server.http(env.env["TURNOUT_API_KEY"]) as http:
         resp = http.post(
             "/v1/chat/completions",
             json={

@@ -12,8 +12,7 @@ import httpx
 
 from tests.conftest import TinyModelFactory
 from tests.e2e.server import TurnoutServer
-
-V1 = "/management/v1"
+from turnout.client import TurnoutClient
 
 
 @dataclass
@@ -25,37 +24,34 @@ class Deployed:
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def api(self) -> httpx.Client:
+        """Raw HTTP with the management key (wire-level assertions)."""
+        return self.server.http(self.management_key)
+
+    def client(self) -> TurnoutClient:
         return self.server.client(self.management_key)
 
     def upload(self, label: str, model_dir: Path) -> dict[str, Any]:
-        with self.api() as api:
-            resp = api.post(
-                f"{V1}/orgs/acme/models:upload",
-                json={"model_arch_id": "tiny-llama", "model": {"weight_uri": str(model_dir)}},
+        with self.client() as client:
+            body = client.wait_sync(
+                client.upload("acme", "tiny-llama", str(model_dir)), timeout=120, interval=0.2
             )
-            assert resp.status_code == 200, resp.text
-            name = resp.json()["name"]
-            body = wait_until(lambda: api.get(f"{V1}/{name}").json(), lambda b: b["done"])
         assert body["response"]["sync_status"] == "done", body
         self.versions[label] = body
         return body
 
     def deploy(self, label: str) -> str:
-        with self.api() as api:
-            resp = api.post(
-                f"{V1}/endpoints/{self.endpoint}:deployModel",
-                json={"model": self.versions[label]["name"]},
-            )
-        assert resp.status_code == 200, resp.text
-        return str(resp.json()["name"])
+        with self.client() as client:
+            return str(client.deploy(self.endpoint, self.versions[label]["name"])["name"])
 
     def deployment(self, deployment_id: str) -> dict[str, Any]:
-        with self.api() as api:
-            body: dict[str, Any] = api.get(f"{V1}/deployments/{deployment_id}").json()
-        return body
+        with self.client() as client:
+            return client.deployment(deployment_id)
 
     def wait_done(self, deployment_id: str, timeout: float = 180) -> dict[str, Any]:
-        return wait_until(lambda: self.deployment(deployment_id), lambda b: b["done"], timeout)
+        with self.client() as client:
+            return client.wait_deployment(
+                client.deployment(deployment_id), timeout=timeout, interval=0.2
+            )
 
     def fingerprint(self, label: str) -> str:
         return "fp_" + self.versions[label]["response"]["digest"].split(":", 1)[1][:10]

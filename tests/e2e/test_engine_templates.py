@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 CUSTOM = {
     "small-batch": {
         "argv": [
-            "{python}", "-m", "turnout.cli.main", "engine", "serve", "--model-dir", "{model_dir}",
+            "{python}", "-m", "turnout.engine", "serve", "--model-dir", "{model_dir}",
             "--host", "{host}", "--port", "{port}", "--served-name", "{served_name}",
             "--max-batch-size", "2",
         ],

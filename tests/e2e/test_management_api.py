@@ -72,7 +72,7 @@ def env(
 
 @pytest.fixture(scope="module")
 def api(env: dict[str, Any]) -> Iterator[httpx.Client]:
-    with env["server"].client(env["keys"]["mk"]) as client:
+    with env["server"].http(env["keys"]["mk"]) as client:
         yield client
 
 
@@ -279,13 +279,13 @@ def test_alias_held_by_another_version_is_409(
 
 def test_keys_and_org_scoping(env: dict[str, Any], v1: dict[str, Any]) -> None:
     server: TurnoutServer = env["server"]
-    with server.client(None) as anon:
+    with server.http(None) as anon:
         assert_error(anon.get(f"{V1}/orgs/my-org/models"), 401, "Authorization")
-    with server.client("tmk_not-a-real-key") as bad:
+    with server.http("tmk_not-a-real-key") as bad:
         assert_error(bad.get(f"{V1}/orgs/my-org/models"), 401)
-    with server.client(env["keys"]["ik"]) as inference:
+    with server.http(env["keys"]["ik"]) as inference:
         assert_error(inference.get(f"{V1}/orgs/my-org/models"), 401, "management")
-    with server.client(env["keys"]["other"]) as other:
+    with server.http(env["keys"]["other"]) as other:
         assert_error(other.get(f"{V1}/orgs/my-org/models"), 403, "other-org")
         assert_error(other.get(f"{V1}/orgs/my-org/models/tiny-llama/versions/1"), 403)
         # Endpoints of another org look exactly like unknown ones.
@@ -302,7 +302,7 @@ def test_keys_and_org_scoping(env: dict[str, Any], v1: dict[str, Any]) -> None:
         "admin", "key", "create", "--org", "my-org", "--kind", "management"
     ).stdout.strip()
     server.cli("admin", "key", "revoke", revoked_id)
-    with server.client(env["keys"]["mk"]) as revoked:
+    with server.http(env["keys"]["mk"]) as revoked:
         assert_error(revoked.get(f"{V1}/orgs/my-org/models"), 401, "revoked")
     env["keys"]["mk"] = fresh
 
@@ -310,7 +310,7 @@ def test_keys_and_org_scoping(env: dict[str, Any], v1: dict[str, Any]) -> None:
 def test_idempotency_key_returns_the_original_operation(
     env: dict[str, Any], v1: dict[str, Any]
 ) -> None:
-    with env["server"].client(env["keys"]["mk"]) as api:
+    with env["server"].http(env["keys"]["mk"]) as api:
         headers = {"Idempotency-Key": "upload-abc"}
         body = {"model_arch_id": "tiny-llama", "model": {"weight_uri": str(env["good"])}}
         first = api.post(f"{V1}/orgs/my-org/models:upload", json=body, headers=headers).json()
@@ -333,7 +333,7 @@ def test_idempotency_key_returns_the_original_operation(
 
 def test_openapi_and_health(env: dict[str, Any]) -> None:
     server: TurnoutServer = env["server"]
-    with server.client(None) as anon:
+    with server.http(None) as anon:
         assert anon.get("/healthz").json()["status"] == "ok"
         spec = anon.get("/openapi.json").json()
     paths = spec["paths"]
@@ -359,11 +359,11 @@ def test_openapi_and_health(env: dict[str, Any]) -> None:
 def test_admin_http_api(tmp_path: Path) -> None:
     server = TurnoutServer(tmp_path / "data", env={"TURNOUT_ADMIN_TOKEN": "s3cret"}).start()
     try:
-        with server.client(None) as anon:
+        with server.http(None) as anon:
             assert_error(
                 anon.post("/admin/v1/orgs", json={"name": "acme"}), 401, "TURNOUT_ADMIN_TOKEN"
             )
-        with server.client("s3cret") as admin:
+        with server.http("s3cret") as admin:
             assert admin.post("/admin/v1/orgs", json={"name": "acme"}).json()["name"] == "acme"
             key = admin.post("/admin/v1/keys", json={"org": "acme", "kind": "management"}).json()
             assert key["key"].startswith("tmk_")
@@ -393,7 +393,7 @@ def test_admin_http_api(tmp_path: Path) -> None:
                 e["endpoint_id"] for e in admin.get("/admin/v1/endpoints").json()["endpoints"]
             ] == ["acme-tiny"]
             assert admin.delete("/admin/v1/endpoints/acme-tiny").status_code == 200
-        with server.client(key["key"]) as api:
+        with server.http(key["key"]) as api:
             assert "tiny-llama" in api.get(f"{V1}/orgs/acme/models").json()["model_architectures"]
     finally:
         server.stop()

@@ -55,7 +55,7 @@ def test_worker_api_gateway_processes(
             "admin", "key", "create", "--org", "acme", "--kind", "inference"
         ).stdout.strip()
         api.cli("admin", "endpoint", "create", "acme-tiny", "--org", "acme", "--arch", "tiny-llama")
-        with api.client(None) as anon:
+        with api.http(None) as anon:
             assert anon.post("/v1/chat/completions", json={}).status_code == 404  # no gateway here
         deployed = Deployed(api, mk, ik, "acme-tiny")
         deployed.upload("v1", weights / "seed1")

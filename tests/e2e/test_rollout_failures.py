@@ -188,3 +188,79 @@ def test_readiness_timeout_fails_the_deployment(
         assert status["deployed_models"] == []
     finally:
         env.server.stop()
+
+
+def _stream_in_background(env: Deployed, endpoint: str, holding: threading.Event) -> list[str]:
+    """Start a long stream on ``endpoint``; returns the list its lines are collected into."""
+    lines: list[str] = []
+
+    def read() -> None:
+        body = {"model": endpoint, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        auth = {"Authorization": f"Bearer {env.inference_key}"}
+        url = env.server.url + "/v1/chat/completions"
+        with httpx.stream("POST", url, json=body, timeout=120, headers=auth) as resp:
+            for line in resp.iter_lines():
+                lines.append(line)
+                holding.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_status_lists_each_deployment_once_and_delete_stops_replicas(deployed: Deployed) -> None:
+    endpoint = "acme-gone"
+    deployed.server.cli(
+        "admin", "endpoint", "create", endpoint, "--org", "acme", "--arch", "tiny-llama",
+        "--engine", "slow",
+    )  # fmt: skip
+    with deployed.client() as client:
+        first = client.deploy(endpoint, deployed.versions["v1"]["name"])["name"]
+        assert deployed.wait_done(first)["response"]["rollout_status"] == "complete"
+        holding = threading.Event()
+        _stream_in_background(deployed, endpoint, holding)
+        assert holding.wait(60)
+        second = client.deploy(endpoint, deployed.versions["v2"]["name"])["name"]
+        wait_until(
+            lambda: deployed.deployment(second),
+            lambda b: b["response"].get("step") == "draining",
+            timeout=120,
+            interval=0.05,
+        )
+        # Draining: v2 serves and still runs (its old replica drains); it is listed once.
+        listed = [m["id"] for m in client.endpoint(endpoint)["deployed_models"]]
+        assert listed == [second]
+        assert deployed.wait_done(second)["response"]["rollout_status"] == "complete"
+
+    # Delete the serving endpoint while a stream is in flight on its replica.
+    records = deployed.server.data_dir / "run" / "replicas"
+    pids = [json.loads(p.read_text())["pid"] for p in records.glob(f"{endpoint}-*.json")]
+    assert len(pids) == 1
+    holding = threading.Event()
+    lines = _stream_in_background(deployed, endpoint, holding)
+    assert holding.wait(60)
+    deployed.server.cli("admin", "endpoint", "delete", endpoint)
+
+    def status_code() -> int:
+        return httpx.post(
+            deployed.server.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {deployed.inference_key}"},
+            json={"model": endpoint, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        ).status_code
+
+    # The CLI writes the store; the server's worker notices on its next pass.
+    wait_until(status_code, lambda code: code == 404, timeout=30)
+    # The stream in flight finishes; then the replica's process is stopped.
+    wait_until(
+        lambda: [x for x in lines if x], lambda got: got[-1:] == ["data: [DONE]"], timeout=60
+    )
+    wait_until(lambda: [p for p in pids if _alive(p)], lambda alive: alive == [], timeout=60)
+    assert not list(records.glob(f"{endpoint}-*.json"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

@@ -97,7 +97,7 @@ def test_s3_sync_matches_file_sync(
         s3.upload_file(str(path), "weights", f"ft/v1/{path.name}")
     server, key = start_server(tmp_path, model.parent, {**AWS, "TURNOUT_S3_ENDPOINT_URL": moto_url})
     try:
-        with server.client(key) as api:
+        with server.http(key) as api:
             from_s3 = upload(api, "s3://weights/ft/v1")
             from_file = upload(api, f"file://{model}")
             missing = upload(api, "s3://weights/no-such-prefix")
@@ -134,7 +134,7 @@ def test_kill_9_during_sync_then_restart_never_stuck(
     url = f"http://127.0.0.1:{httpd.server_address[1]}/model.tar"
     server, key = start_server(tmp_path, served, {"TURNOUT_ALLOWED_HOSTS": "127.0.0.1"})
     try:
-        with server.client(key) as api:
+        with server.http(key) as api:
             name = upload(api, url)
             wait_until(
                 lambda: api.get(f"{V1}/{name}").json(),
@@ -144,7 +144,7 @@ def test_kill_9_during_sync_then_restart_never_stuck(
         staging = server.data_dir / "weights" / "sha256"
         assert not staging.exists() or not any(staging.iterdir())  # nothing published half-way
         server.start()
-        with server.client(key) as api:
+        with server.http(key) as api:
             body = wait_until(
                 lambda: api.get(f"{V1}/{name}").json(), lambda b: b["done"], timeout=120
             )

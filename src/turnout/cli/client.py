@@ -1,5 +1,6 @@
 """Client commands (`turnout models|endpoints|deploy|deployments|rollback|chat`): the
-management API and the gateway over HTTP, never the store, so they work against any server.
+management API and the gateway over HTTP through :mod:`turnout.client`, never the store, so
+they work against any server.
 
 Exit codes: 0 ok, 1 the operation failed (or the server answered 5xx), 2 the API refused the
 request (4xx; its flat error's message goes to stderr), 3 the server cannot be reached.
@@ -9,19 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from turnout.cli.context import JsonFlag, dump, table
-
-V1 = "/management/v1"
-EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE = 1, 2, 3
+from turnout.cli.context import EXIT_FAILED, EXIT_REFUSED, JsonFlag, dump, table
+from turnout.client import TurnoutClient, version_name
 
 models_app = typer.Typer(
     help="Model versions: upload, list, aliases, delete.", no_args_is_help=True
@@ -40,49 +36,9 @@ Wait = Annotated[bool, typer.Option("--wait", help="Follow the operation until i
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
-class Api:
-    """A thin httpx wrapper that turns HTTP outcomes into the CLI's exit codes."""
-
-    def __init__(self, url: str, key: str, timeout: float = 30) -> None:
-        self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        try:
-            resp = self.http.request(method, path, json=body)
-        except httpx.TransportError as exc:
-            unreachable(self.url, exc)
-        check(resp)
-        data: dict[str, Any] = resp.json()
-        return data
-
-    @contextmanager
-    def stream(self, path: str, body: dict[str, Any]) -> Iterator[httpx.Response]:
-        try:
-            with self.http.stream("POST", path, json=body) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    check(resp)
-                yield resp
-        except httpx.TransportError as exc:
-            unreachable(self.url, exc)
-
-
-def unreachable(url: str, exc: Exception) -> NoReturn:
-    err.print(f"[red]error:[/red] cannot reach Turnout at {url}: {exc}")
-    raise typer.Exit(EXIT_UNREACHABLE)
-
-
-def check(resp: httpx.Response) -> None:
-    if resp.status_code < 400:
-        return
-    try:
-        message = str(resp.json().get("message") or resp.text)
-    except ValueError:
-        message = resp.text or resp.reason_phrase
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(EXIT_REFUSED if resp.status_code < 500 else EXIT_FAILED)
+def connect(url: str, key: str, timeout: float = 30) -> TurnoutClient:
+    """A client for one command; errors it raises end the command (see ``cli.main``)."""
+    return TurnoutClient(url, key, timeout=timeout)
 
 
 def need(value: str, what: str, env: str) -> str:
@@ -109,10 +65,6 @@ def version_rows(versions: list[dict[str, Any]]) -> list[list[object]]:
 VERSION_COLUMNS = ["version", "aliases", "sync", "digest", "weight_uri"]
 
 
-def version_path(org: str, arch: str, version: str) -> str:
-    return f"{V1}/orgs/{org}/models/{arch}/versions/{version}"
-
-
 # ---------------------------------------------------------------- models
 
 
@@ -129,14 +81,9 @@ def models_upload(
     as_json: JsonFlag = False,
 ) -> None:
     """Upload a model version from URI (s3://, file://, an absolute path, https://, hf://)."""
-    api = Api(url, key)
-    model: dict[str, Any] = {"weight_uri": uri, "version_aliases": alias or []}
-    if suffix:
-        model["system_fingerprint_suffix"] = suffix
+    api = connect(url, key)
     org = need(org, "org", "TURNOUT_ORG")
-    body = api.call(
-        "POST", f"{V1}/orgs/{org}/models:upload", {"model_arch_id": arch, "model": model}
-    )
+    body = api.upload(org, arch, uri, alias, suffix)
     if wait:
         body = wait_sync(api, body)
     dump(body) if as_json else table(VERSION_COLUMNS, version_rows([body]))
@@ -144,17 +91,18 @@ def models_upload(
         raise typer.Exit(EXIT_FAILED)
 
 
-def wait_sync(api: Api, body: dict[str, Any], console: Console = err) -> dict[str, Any]:
-    """Poll the version until its sync ends, showing bytes synced; fail with its error."""
+def wait_sync(api: TurnoutClient, body: dict[str, Any], console: Console = err) -> dict[str, Any]:
+    """Follow the version until its sync ends, showing bytes synced; print its outcome."""
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
     with Progress(*columns, TransferSpeedColumn(), console=console, transient=True) as bar:
         task = bar.add_task(f"syncing {body['name']}", total=None)
-        while not body["done"]:
-            progress = body["response"].get("sync_progress") or {}
+
+        def show(polled: dict[str, Any]) -> None:
+            progress = polled["response"].get("sync_progress") or {}
             if progress.get("bytes_total"):
                 bar.update(task, completed=progress["bytes_done"], total=progress["bytes_total"])
-            time.sleep(0.3)
-            body = api.call("GET", f"{V1}/{body['name']}")
+
+        body = api.wait_sync(body, show)
     if body["response"]["sync_status"] == "failed":
         message = (body.get("error") or {}).get("message", "sync failed")
         console.print(f"[red]sync failed:[/red] {message}", highlight=False)
@@ -169,7 +117,7 @@ def models_list(
 ) -> None:
     """List the versions of an architecture."""
     org = need(org, "org", "TURNOUT_ORG")
-    body = Api(url, key).call("GET", f"{V1}/orgs/{org}/models/{arch}/versions")
+    body = connect(url, key).versions(org, arch)
     dump(body) if as_json else table(VERSION_COLUMNS, version_rows(body["model_versions"]))
 
 
@@ -184,7 +132,7 @@ def models_get(
 ) -> None:
     """Show one version (VERSION is a number or an alias)."""
     org = need(org, "org", "TURNOUT_ORG")
-    body = Api(url, key).call("GET", version_path(org, arch, version))
+    body = connect(url, key).version(version_name(org, arch, version))
     dump(body) if as_json else table(VERSION_COLUMNS, version_rows([body]))
 
 
@@ -200,9 +148,7 @@ def models_alias(
 ) -> None:
     """Replace a version's aliases with ALIASES (none: remove them all)."""
     org = need(org, "org", "TURNOUT_ORG")
-    body = Api(url, key).call(
-        "PATCH", version_path(org, arch, version), {"version_aliases": aliases or []}
-    )
+    body = connect(url, key).set_aliases(version_name(org, arch, version), aliases or [])
     if as_json:
         dump(body)
     else:
@@ -220,7 +166,7 @@ def models_delete(
 ) -> None:
     """Delete a version (refused while it serves or is being deployed)."""
     org = need(org, "org", "TURNOUT_ORG")
-    body = Api(url, key).call("DELETE", version_path(org, arch, version))
+    body = connect(url, key).delete_version(version_name(org, arch, version))
     dump(body) if as_json else err.print(f"deleted {body['name']}", highlight=False)
 
 
@@ -233,7 +179,7 @@ def endpoints_list(
 ) -> None:
     """List your org's endpoints."""
     org = need(org, "org", "TURNOUT_ORG")
-    body = Api(url, key).call("GET", f"{V1}/orgs/{org}/endpoints")
+    body = connect(url, key).endpoints(org)
     if as_json:
         return dump(body)
     rows = [[e["endpoint_id"], e["model_arch_id"], e["org_name"]] for e in body["endpoints"]]
@@ -245,7 +191,7 @@ def endpoints_status(
     endpoint: str, url: Url = DEFAULT_URL, key: Key = "", as_json: JsonFlag = False
 ) -> None:
     """Show what an endpoint serves and any rollout in progress."""
-    body = Api(url, key).call("GET", f"{V1}/endpoints/{endpoint}")
+    body = connect(url, key).endpoint(endpoint)
     if as_json:
         return dump(body)
     out.print(f"[bold]{body['name']}[/bold] ({body['model_arch_id']})")
@@ -277,7 +223,7 @@ def deployment_row(d: dict[str, Any]) -> list[object]:
     ]
 
 
-def show_deployment(api: Api, body: dict[str, Any], wait: bool, as_json: bool) -> None:
+def show_deployment(api: TurnoutClient, body: dict[str, Any], wait: bool, as_json: bool) -> None:
     if wait:
         body = wait_rollout(api, body)
     dump(body) if as_json else table(DEPLOYMENT_COLUMNS, [deployment_row(body)])
@@ -285,24 +231,26 @@ def show_deployment(api: Api, body: dict[str, Any], wait: bool, as_json: bool) -
         raise typer.Exit(EXIT_FAILED)
 
 
-def wait_rollout(api: Api, body: dict[str, Any], console: Console = err) -> dict[str, Any]:
-    """Poll the deployment, printing each new rollout event; fail with its error."""
+def wait_rollout(
+    api: TurnoutClient, body: dict[str, Any], console: Console = err
+) -> dict[str, Any]:
+    """Follow the deployment, printing each new rollout event; print how it ended."""
     seen = 0
     with console.status(f"deploying {body['response']['deployment_id']}") as status:
-        while True:
-            events = body["response"].get("events") or []
+
+        def show(polled: dict[str, Any]) -> None:
+            nonlocal seen
+            events = polled["response"].get("events") or []
             for e in events[seen:]:
                 at = time.strftime("%H:%M:%S", time.localtime(e["at"]))
                 console.print(f"  {at} [cyan]{e['step']}[/cyan] {e['message']}", highlight=False)
             seen = max(seen, len(events))
-            r = body["response"]
+            r = polled["response"]
             status.update(
                 f"deployment {r['deployment_id']}: {r['rollout_status']} {r.get('step') or ''}"
             )
-            if body["done"]:
-                break
-            time.sleep(0.3)
-            body = api.call("GET", f"{V1}/deployments/{body['name']}")
+
+        body = api.wait_deployment(body, show)
     if body["response"]["rollout_status"] != "complete":
         message = (body.get("error") or {}).get("message", "deployment did not complete")
         console.print(
@@ -325,13 +273,12 @@ def deploy(
         name = model
     elif "@" in model:
         arch, _, version = model.partition("@")
-        name = f"orgs/{need(org, 'org', 'TURNOUT_ORG')}/models/{arch}/versions/{version}"
+        name = version_name(need(org, "org", "TURNOUT_ORG"), arch, version)
     else:
         err.print("[red]error:[/red] MODEL must be ARCH@VERSION or ARCH@ALIAS")
         raise typer.Exit(EXIT_REFUSED)
-    api = Api(url, key)
-    body = api.call("POST", f"{V1}/endpoints/{endpoint}:deployModel", {"model": name})
-    show_deployment(api, body, wait, as_json)
+    api = connect(url, key)
+    show_deployment(api, api.deploy(endpoint, name), wait, as_json)
 
 
 def rollback(
@@ -342,8 +289,8 @@ def rollback(
     as_json: JsonFlag = False,
 ) -> None:
     """Deploy the endpoint's previously complete version again."""
-    api = Api(url, key)
-    show_deployment(api, api.call("POST", f"{V1}/endpoints/{endpoint}:rollback"), wait, as_json)
+    api = connect(url, key)
+    show_deployment(api, api.rollback(endpoint), wait, as_json)
 
 
 @deployments_app.command("list")
@@ -351,7 +298,7 @@ def deployments_list(
     endpoint: str, url: Url = DEFAULT_URL, key: Key = "", as_json: JsonFlag = False
 ) -> None:
     """An endpoint's deployments, newest first."""
-    body = Api(url, key).call("GET", f"{V1}/endpoints/{endpoint}/deployments")
+    body = connect(url, key).deployments(endpoint)
     dump(body) if as_json else table(
         DEPLOYMENT_COLUMNS, [deployment_row(d) for d in body["deployments"]]
     )
@@ -366,8 +313,8 @@ def deployments_get(
     as_json: JsonFlag = False,
 ) -> None:
     """One deployment's status (and, with --wait, follow it to the end)."""
-    api = Api(url, key)
-    show_deployment(api, api.call("GET", f"{V1}/deployments/{deployment_id}"), wait, as_json)
+    api = connect(url, key)
+    show_deployment(api, api.deployment(deployment_id), wait, as_json)
 
 
 @deployments_app.command("cancel")
@@ -379,9 +326,7 @@ def deployments_cancel(
     as_json: JsonFlag = False,
 ) -> None:
     """Cancel a queued or running deployment; the serving version keeps serving."""
-    body = Api(url, key).call(
-        "POST", f"{V1}/endpoints/{endpoint}/deployments/{deployment_id}:cancel"
-    )
+    body = connect(url, key).cancel(endpoint, deployment_id)
     dump(body) if as_json else table(DEPLOYMENT_COLUMNS, [deployment_row(body)])
 
 
@@ -400,7 +345,7 @@ def chat(
     ] = "",
 ) -> None:
     """Chat with an endpoint through the gateway, printing tokens as they stream in."""
-    api = Api(url, key, timeout=300)
+    api = connect(url, key, timeout=300)
     params: dict[str, Any] = {"max_tokens": max_tokens}
     if temperature is not None:
         params["temperature"] = temperature
@@ -422,7 +367,7 @@ def chat(
 
 
 def stream_reply(
-    api: Api, endpoint: str, messages: list[dict[str, str]], params: dict[str, Any]
+    api: TurnoutClient, endpoint: str, messages: list[dict[str, str]], params: dict[str, Any]
 ) -> str:
     body = {"model": endpoint, "messages": messages, "stream": True, **params}
     parts: list[str] = []

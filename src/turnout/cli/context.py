@@ -18,6 +18,10 @@ from turnout.settings import Settings
 
 T = TypeVar("T")
 
+#: Exit codes of every command: the operation failed (or the server answered 5xx), the request
+#: was refused (4xx, or bad arguments), the server could not be reached.
+EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE = 1, 2, 3
+
 DataDir = Annotated[
     Path | None,
     typer.Option(
@@ -42,7 +46,7 @@ def run_or_exit(work: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(work())  # type: ignore[arg-type]
     except TurnoutError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(code=2 if exc.status < 500 else 1) from None
+        raise typer.Exit(code=EXIT_REFUSED if exc.status < 500 else EXIT_FAILED) from None
 
 
 def dump(data: object) -> None:

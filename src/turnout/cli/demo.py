@@ -32,7 +32,7 @@ def demo(
 ) -> None:
     """Serve a model, roll a new version out under load and show that no request failed."""
     from turnout.demo.models import DEMO_ARCHS, build_versions
-    from turnout.demo.runner import Demo, Server
+    from turnout.demo.runner import Demo, demo_server
 
     console = Console()
     if arch not in DEMO_ARCHS:
@@ -46,7 +46,7 @@ def demo(
     v1_dir, v2_dir = build_versions(arch, models_dir, console.print)
 
     console.rule("2. turnout serve")
-    server = Server(data_dir, models_dir)
+    server = demo_server(data_dir, models_dir)
     endpoint = "demo-smollm2" if arch == "smollm2-135m" else "demo-tiny"
     session = Demo(server, arch, endpoint, console)
     try:
@@ -61,7 +61,7 @@ def demo(
 
 def _run(session: Demo, v1_dir: Path, v2_dir: Path, settle: float, exit_after: bool) -> bool:
     console, server = session.console, session.server
-    server.start()
+    server.start(timeout=120)
     console.print(f"serving at {server.url} (log: {server.log_path})")
     session.provision()
 

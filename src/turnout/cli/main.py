@@ -5,7 +5,13 @@ Heavy imports (torch, transformers, uvicorn) happen inside commands, so `turnout
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from rich.console import Console
+
+from turnout.cli.context import EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE
+from turnout.client import ApiError, Unreachable
 
 app = typer.Typer(
     name="turnout",
@@ -34,5 +40,18 @@ def _register() -> None:
 
 _register()
 
+
+def main() -> None:
+    """The ``turnout`` command: a client error ends it with its message and exit code."""
+    try:
+        app()
+    except ApiError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc.message}", highlight=False)
+        sys.exit(EXIT_REFUSED if exc.refused else EXIT_FAILED)
+    except Unreachable as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(EXIT_UNREACHABLE)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import httpx
+from turnout.client import ApiError, TurnoutClient
 
 QUESTION = "Tell me a fun fact about trains."
 
@@ -48,18 +48,17 @@ class Load:
             thread.join(timeout=120)
 
     def _run(self, stream: bool) -> None:
-        headers = {"Authorization": f"Bearer {self.key}"}
-        with httpx.Client(base_url=self.url, headers=headers, timeout=120) as http:
+        with TurnoutClient(self.url, self.key, timeout=120) as client:
             while not self._stopping.is_set():
                 started = time.time()
                 try:
-                    version, error = self._call(http, stream), None
+                    version, error = self._call(client, stream), None
                 except Exception as exc:  # every failure is an outcome the summary counts
                     version, error = None, f"{type(exc).__name__}: {exc}"
                 with self._lock:
                     self.outcomes.append(Outcome(started, time.time(), version, stream, error))
 
-    def _call(self, http: httpx.Client, stream: bool) -> int:
+    def _call(self, client: TurnoutClient, stream: bool) -> int:
         body = {
             "model": self.endpoint,
             "messages": [{"role": "user", "content": QUESTION}],
@@ -67,13 +66,13 @@ class Load:
             "stream": stream,
         }
         if not stream:
-            resp = http.post("/v1/chat/completions", json=body)
-            resp.raise_for_status()
+            resp = client.request("POST", "/v1/chat/completions", body)
+            if resp.status_code != 200:
+                raise ApiError.from_response(resp)
             if resp.json()["choices"][0]["finish_reason"] not in ("stop", "length"):
                 raise RuntimeError(f"unexpected finish_reason in {resp.text[:200]}")
             return int(resp.headers["x-turnout-version"])
-        with http.stream("POST", "/v1/chat/completions", json=body) as resp:
-            resp.raise_for_status()
+        with client.stream("/v1/chat/completions", body) as resp:
             finish = None
             for line in resp.iter_lines():
                 if not line.startswith("data:") or line.endswith("[DONE]"):

@@ -3,90 +3,40 @@ then version 2 rolled out under load with a summary that shows nothing was dropp
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
-from turnout.cli.client import V1, Api, wait_rollout, wait_sync
+from turnout.client import TurnoutClient, version_name
 from turnout.demo.load import Load, Summary, summarize
+from turnout.demo.server import ServerProcess
 
 ORG = "demo"
 QUESTIONS = ("What is the capital of Italy?", "Why do cats purr?")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """`turnout serve` in a subprocess with a fresh store under ``data_dir/server``."""
-
-    data_dir: Path
-    models_dir: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-
-    def __post_init__(self) -> None:
-        self.port = self.port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_token = secrets.token_urlsafe(24)
-        self.log_path = self.data_dir / "server.log"
-
-    def start(self, timeout: float = 120) -> None:
-        store = self.data_dir / "server"
-        # The store is per run (the model cache is not): a rerun starts from a clean endpoint.
-        shutil.rmtree(store, ignore_errors=True)
-        store.mkdir(parents=True)
-        env = {
-            **os.environ,
-            "TURNOUT_DATA_DIR": str(store),
-            "TURNOUT_ALLOWED_LOCAL_ROOTS": str(self.models_dir),
-            "TURNOUT_ADMIN_TOKEN": self.admin_token,
-        }
-        cmd = [sys.executable, "-m", "turnout.cli.main", "serve", "--port", str(self.port)]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"turnout serve exited; see {self.log_path}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"turnout serve did not come up; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def demo_server(data_dir: Path, models_dir: Path) -> ServerProcess:
+    """`turnout serve` with a fresh store under ``data_dir/server`` (the model cache is kept:
+    a rerun starts from a clean endpoint without rebuilding the models)."""
+    store = data_dir / "server"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    env = {
+        "TURNOUT_ALLOWED_LOCAL_ROOTS": str(models_dir),
+        "TURNOUT_ADMIN_TOKEN": secrets.token_urlsafe(24),
+    }
+    return ServerProcess(store, env=env, log_path=data_dir / "server.log")
 
 
 @dataclass
 class Demo:
-    server: Server
+    server: ServerProcess
     arch: str
     endpoint: str
     console: Console
@@ -95,70 +45,76 @@ class Demo:
 
     def provision(self) -> None:
         """Org, keys and endpoint through the admin API, as an operator would."""
-        admin = Api(self.server.url, self.server.admin_token)
-        admin.call("POST", "/admin/v1/orgs", {"name": ORG})
-        keys = [
-            admin.call("POST", "/admin/v1/keys", {"org": ORG, "kind": kind})["key"]
-            for kind in ("management", "inference")
-        ]
-        self.management_key, self.inference_key = keys
-        admin.call(
-            "POST",
-            "/admin/v1/endpoints",
-            {"endpoint_id": self.endpoint, "org": ORG, "arch": self.arch},
-        )
+        with self.server.client(self.server.env["TURNOUT_ADMIN_TOKEN"]) as admin:
+            admin.create_org(ORG)
+            self.management_key = admin.create_key(ORG, "management")
+            self.inference_key = admin.create_key(ORG, "inference")
+            admin.create_endpoint(self.endpoint, ORG, self.arch)
         self.console.print(f"org [bold]{ORG}[/bold], endpoint [bold]{self.endpoint}[/bold] ready")
 
-    def api(self) -> Api:
-        return Api(self.server.url, self.management_key)
+    def api(self) -> TurnoutClient:
+        return self.server.client(self.management_key)
 
     def upload(self, weights: Path, aliases: list[str]) -> dict[str, Any]:
-        api = self.api()
-        body = {
-            "model_arch_id": self.arch,
-            "model": {"weight_uri": str(weights), "version_aliases": aliases},
-        }
-        version = wait_sync(
-            api, api.call("POST", f"{V1}/orgs/{ORG}/models:upload", body), self.console
-        )
+        with self.api() as api, self.console.status(f"syncing {weights.name}") as status:
+
+            def show(polled: dict[str, Any]) -> None:
+                progress = polled["response"].get("sync_progress") or {}
+                if progress.get("bytes_total"):
+                    done, total = progress["bytes_done"], progress["bytes_total"]
+                    status.update(
+                        f"syncing {weights.name}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB"
+                    )
+
+            version = api.wait_sync(api.upload(ORG, self.arch, str(weights), aliases), show)
         if version["response"]["sync_status"] != "done":
-            raise RuntimeError(f"upload of {weights} failed")
+            raise RuntimeError(f"upload of {weights} failed: {version.get('error')}")
+        self.console.print(f"synced {version['name']} ({version['response']['digest']})")
         return version
 
     def deploy(self, ref: str) -> dict[str, Any]:
-        api = self.api()
-        name = f"orgs/{ORG}/models/{self.arch}/versions/{ref}"
+        name = version_name(ORG, self.arch, ref)
         self.console.print(f"deploying [bold]{name}[/bold] to {self.endpoint}")
-        op = api.call("POST", f"{V1}/endpoints/{self.endpoint}:deployModel", {"model": name})
-        done = wait_rollout(api, op, self.console)
+        seen = 0
+
+        def show(polled: dict[str, Any]) -> None:
+            nonlocal seen
+            events = polled["response"].get("events") or []
+            for e in events[seen:]:
+                at = time.strftime("%H:%M:%S", time.localtime(e["at"]))
+                self.console.print(f"  {at} [cyan]{e['step']}[/cyan] {e['message']}")
+            seen = max(seen, len(events))
+
+        with self.api() as api:
+            done = api.wait_deployment(api.deploy(self.endpoint, name), show)
         if done["response"]["rollout_status"] != "complete":
-            raise RuntimeError(f"deployment of {name} did not complete")
+            raise RuntimeError(f"deployment of {name} did not complete: {done.get('error')}")
         return done
 
     def move_alias(self, alias: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         # An alias belongs to one version: take it off the old one before giving it to the new.
-        api = self.api()
-        kept = [a for a in old["response"]["version_aliases"] if a != alias]
-        api.call("PATCH", f"{V1}/{old['name']}", {"version_aliases": kept})
-        aliases = [*new["response"]["version_aliases"], alias]
-        api.call("PATCH", f"{V1}/{new['name']}", {"version_aliases": aliases})
+        with self.api() as api:
+            kept = [a for a in old["response"]["version_aliases"] if a != alias]
+            api.set_aliases(old["name"], kept)
+            api.set_aliases(new["name"], [*new["response"]["version_aliases"], alias])
         self.console.print(f"alias [bold]{alias}[/bold] moved to {new['name']}")
 
     def ask(self, title: str) -> None:
         table = Table("question", "answer", title=title, show_lines=True)
-        with httpx.Client(base_url=self.server.url, timeout=300) as http:
+        with self.server.client(self.inference_key, timeout=300) as client:
             for question in QUESTIONS:
-                resp = http.post(
+                resp = client.request(
+                    "POST",
                     "/v1/chat/completions",
-                    headers={"Authorization": f"Bearer {self.inference_key}"},
-                    json={
+                    {
                         "model": self.endpoint,
                         "messages": [{"role": "user", "content": question}],
                         "max_tokens": 48,
                         "temperature": 0,
                     },
                 )
-                resp.raise_for_status()
+                if resp.status_code != 200:
+                    raise RuntimeError(f"the endpoint answered {resp.status_code}: {resp.text}")
                 answer = resp.json()["choices"][0]["message"]["content"]
                 version = resp.headers.get("x-turnout-version")
                 table.add_row(question, f"{answer.strip()}\n[dim](version {version})[/dim]")
