@@ -85,7 +85,10 @@ def test_deploy_and_roll_back_from_the_console(
     v2.get_by_test_id("deploy-2").click()
     form = page.get_by_test_id("deploy-form")
     form.locator("select[name=endpoint]").select_option(ENDPOINT)
-    form.get_by_test_id("deploy-submit").click()
+    with page.expect_request(re.compile(":deployModel$")) as submitted:
+        form.get_by_test_id("deploy-submit").click()
+    # The default policy (surge) sends the published body, with no `rollout` object.
+    assert submitted.value.post_data_json == {"model": env.versions["v2"]}
     expect(page.get_by_test_id("rollout-page")).to_contain_text("Rollout of v2")
     expect(page.get_by_test_id("rollout-state").locator(".badge")).to_have_attribute(
         "data-state", re.compile("not_started|in_progress")
@@ -125,26 +128,31 @@ def test_deploy_and_roll_back_from_the_console(
     assert same_document(page)
 
 
-def test_cancel_a_waiting_rollout_from_its_page(
+def test_deploy_from_the_endpoint_page_and_cancel_while_it_waits(
     console_env: ConsoleEnv, page: Page, shot: Shot
 ) -> None:
     env = console_env
-    with env.api() as api:
-        resp = api.post(
-            f"{V1}/endpoints/{STUCK_ENDPOINT}:deployModel", json={"model": env.versions["v1"]}
-        )
-    assert resp.status_code == 200, resp.text
-    deployment = resp.json()["name"]
     sign_in(page, env)
-    expect(page.get_by_test_id(f"endpoint-{STUCK_ENDPOINT}")).to_contain_text("rollout to v1")
-    page.get_by_test_id(f"endpoint-{STUCK_ENDPOINT}").get_by_role("link", name="rollout").click()
+    page.get_by_role("link", name=STUCK_ENDPOINT).click()
+    page.get_by_test_id("open-deploy").click()
+    form = page.get_by_test_id("deploy-form")
+    form.locator("select[name=version]").select_option(env.versions["v1"])
+    shot(page, "07-endpoint-deploy-form")
+    form.get_by_test_id("deploy-submit").click()
+    expect(page.get_by_test_id("rollout-page")).to_contain_text("Rollout of v1")
+    deployment = page.url.rsplit("/", 1)[1]
+
+    page.get_by_role("link", name="Endpoints").click()
+    card = page.get_by_test_id(f"endpoint-{STUCK_ENDPOINT}")
+    expect(card.get_by_test_id("rollout-in-progress")).to_contain_text("rollout to v1")
+    card.get_by_role("link", name="rollout to v1").click()
     # Its replica never gets ready: the rollout waits before the switch, where cancel applies.
     expect(page.get_by_test_id("rollout-step")).to_have_text(re.compile("^(starting|warming)$"))
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_test_id("cancel").click()
     watch_until_done(page, "cancelled")
     expect(page.get_by_test_id("rollout-error")).to_contain_text("cancel")
-    shot(page, "07-rollout-cancelled")
+    shot(page, "08-rollout-cancelled")
     with env.api() as api:
         body = api.get(f"{V1}/deployments/{deployment}").json()
     assert body["response"]["rollout_status"] == "cancelled"
@@ -169,7 +177,7 @@ def test_aliases_are_set_and_moved_from_the_models_page(
     )
     expect(page.get_by_test_id("version-2").locator(".chip")).to_have_text(["production"])
     expect(page.get_by_test_id("version-1").locator(".chip")).to_have_text(["v1-stable"])
-    shot(page, "08-aliases")
+    shot(page, "09-aliases")
 
     # A bad alias shows the API's own message.
     page.get_by_test_id("aliases-1").click()
@@ -309,7 +317,7 @@ def test_progressive_fields_light_up_when_the_api_reports_them(
         expect(page.get_by_test_id("gates").locator("tbody tr")).to_have_count(len(GATES))
         expect(page.get_by_test_id("gates")).to_contain_text("fail")
         expect(page.get_by_test_id("promote")).to_be_visible()
-        shot(page, "09-preview-canary-rollout")
+        shot(page, "10-preview-canary-rollout")
         page.get_by_test_id("pause").click()
         expect(page.get_by_test_id("pause")).to_be_enabled()
         assert posted == [f"POST /management/v1/deployments/{deployment}:pause"]
@@ -321,10 +329,38 @@ def test_progressive_fields_light_up_when_the_api_reports_them(
         expect(page.get_by_test_id("chart-rps").locator("polyline")).to_have_count(
             2, timeout=15_000
         )
-        shot(page, "10-preview-endpoint-canary")
+        shot(page, "11-preview-endpoint-canary")
+
+        # The policy form sends DESIGN §8's `rollout` object for a non-default strategy.
+        page.get_by_role("link", name="Models").click()
+        page.get_by_test_id("deploy-2").click()
+        form = page.get_by_test_id("deploy-form")
+        form.locator("select[name=endpoint]").select_option(STUCK_ENDPOINT)
+        policy = form.get_by_test_id("policy-form")
+        policy.locator("select[name=strategy]").select_option("canary")
+        policy.get_by_label("max error rate").fill("0.02")
+        policy.get_by_label("golden prompt").fill("2+2?")
+        policy.get_by_label("expect regex").fill(r"\b4\b")
+        shot(page, "12-preview-canary-policy-form")
+        with page.expect_request(re.compile(":deployModel$")) as submitted:
+            form.get_by_test_id("deploy-submit").click()
+        assert submitted.value.post_data_json == {"model": env.versions["v2"], "rollout": {
+            "strategy": "canary",
+            "steps": [{"traffic_percent": 10, "hold_seconds": 60},
+                      {"traffic_percent": 50, "hold_seconds": 120}],
+            "sticky": "none",
+            "gates": {"max_error_rate": 0.02, "golden_prompts": [
+                {"messages": [{"role": "user", "content": "2+2?"}], "expect_regex": r"\b4\b"}]},
+            "on_gate_failure": "rollback",
+        }}  # fmt: skip
+        # Until the server takes policies it refuses the body with its own message.
+        expect(form.locator(".error-note").or_(page.get_by_test_id("rollout-page"))).to_be_visible()
     finally:
         with env.api() as api:
-            api.post(f"{V1}/endpoints/{STUCK_ENDPOINT}/deployments/{deployment}:cancel")
+            listed = api.get(f"{V1}/endpoints/{STUCK_ENDPOINT}/deployments").json()
+            for op in listed["deployments"]:
+                if not op["done"]:
+                    api.post(f"{V1}/endpoints/{STUCK_ENDPOINT}/deployments/{op['name']}:cancel")
 
 
 SERVING_ID = "0b5e1c2a-3f4d-4e5f-8a9b-0c1d2e3f4a5b"

@@ -57,7 +57,9 @@ export function DeployForm({ api, endpoints, endpointId, versions, versionName, 
           </select>
         </label>
       ) : (
-        <p>version <strong>{model}</strong></p>
+        <p>
+          version <strong title={model}>{versionLabel(versionOf(model))}</strong>
+        </p>
       )}
       {endpoints && endpoints.length === 0 ? <p class="muted">No endpoint of this architecture.</p> : null}
       <PolicyForm policy={policy} onChange={setPolicy} />

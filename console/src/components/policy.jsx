@@ -88,9 +88,11 @@ export function PolicyForm({ policy, onChange }) {
               <button type="button" class="link" onClick={() => set({ steps: policy.steps.filter((_, j) => j !== i) })}>remove</button>
             </div>
           ))}
-          <button type="button" class="link" onClick={() => set({ steps: [...policy.steps, { traffic_percent: 100, hold_seconds: 60 }] })}>
-            add a step
-          </button>
+          <div>
+            <button type="button" class="link" onClick={() => set({ steps: [...policy.steps, { traffic_percent: 100, hold_seconds: 60 }] })}>
+              add a step
+            </button>
+          </div>
           <label class="inline">
             sticky sessions
             <select value={policy.sticky} onChange={(e) => set({ sticky: e.currentTarget.value })}>
