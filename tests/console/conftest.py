@@ -50,12 +50,18 @@ def page(playwright_driver: Playwright, tmp_path: Path) -> Iterator[Page]:
         args=CHROMIUM_ARGS,
         viewport={"width": 1280, "height": 860},
     )
+    blocked: list[str] = []
     try:
         tab = context.pages[0] if context.pages else context.new_page()
         tab.set_default_timeout(15_000)
+        tab.on(
+            "console",
+            lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+        )
         yield tab
     finally:
         context.close()
+    assert not blocked, f"the console's own content-security policy blocked: {blocked}"
 
 
 @pytest.fixture(scope="module")
