@@ -27,7 +27,9 @@ SHOTS = pytest.StashKey[list[Path]]()
 Shot = Callable[["Page", str], Path]
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an event loop of its own, which must
+# be gone before later test packages run their own asyncio loops.
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
     if not os.access(CHROMIUM, os.X_OK):
         message = f"{CHROMIUM} is missing: `make test` installs Debian's chromium"
