@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -135,3 +136,26 @@ async def test_idle_call_withdrawn_or_failing_leaves_the_scheduler_serving() -> 
         model.release.set()
         scheduler.stop()
     assert ran == []
+
+
+async def test_a_long_idle_time_call_is_not_a_stall() -> None:
+    # A weight copy of a big model may outlast the stall bound; its caller bounds it instead.
+    scheduler = BatchScheduler(MetaModel())
+    scheduler.start()
+    entered, release = threading.Event(), threading.Event()
+
+    def copy_weights() -> None:
+        entered.set()
+        release.wait(60)
+
+    try:
+        call = scheduler.call_when_idle(copy_weights)
+        await asyncio.to_thread(entered.wait, 60)
+        stream = scheduler.submit([1], GREEDY)  # waits for the call to end
+        assert not scheduler.liveness().stalled(0.0)
+        release.set()
+        await asyncio.wrap_future(call)
+        assert (await _finish(stream)).reason == "length"
+    finally:
+        release.set()
+        scheduler.stop()

@@ -83,7 +83,8 @@ class Liveness:
 
     #: The thread runs (it ends only when the scheduler stops).
     running: bool
-    #: Sequences (or idle-time calls) waiting for the thread.
+    #: Sequences waiting for the thread or in its batch. Not while it runs an idle-time call
+    #: (a weight copy): the caller bounds that, and a big copy may outlast the stall bound.
     has_work: bool
     #: Seconds since the thread last finished a step while it had work; 0 when it has none.
     seconds_since_progress: float
@@ -179,8 +180,10 @@ class BatchScheduler:
         self._idle_calls: deque[tuple[Future[None], Callable[[], None]]] = deque()
         self._stopping = False
         self._waiting = False
-        #: A step or idle-time call is running (its sequences may be in neither queue nor batch).
-        self._in_round = False
+        #: A step runs (the sequences it admits are in neither the queue nor the batch yet).
+        self._stepping = False
+        #: An idle-time call runs.
+        self._calling = False
         self._progress_at = time.monotonic()
         self._cancelled = 0
         self._thread: threading.Thread | None = None
@@ -245,7 +248,8 @@ class BatchScheduler:
 
     def liveness(self) -> Liveness:
         with self._cond:
-            has_work = bool(self._pending or self._batch or self._idle_calls or self._in_round)
+            waiting = bool(self._pending or self._batch or self._stepping)
+            has_work = waiting and not self._calling
             age = time.monotonic() - self._progress_at if has_work else 0.0
         running = self._thread is not None and self._thread.is_alive()
         return Liveness(running=running, has_work=has_work, seconds_since_progress=age)
@@ -266,7 +270,7 @@ class BatchScheduler:
         with torch.inference_mode():
             while self._next_round():
                 with self._cond:
-                    self._in_round = False
+                    self._stepping = self._calling = False
                     self._progress_at = time.monotonic()
                 self._outbox.flush()
         self._fail_all([])
@@ -282,8 +286,8 @@ class BatchScheduler:
             self._waiting = False
             if self._stopping:
                 return False
-            self._in_round = True
             call = self._idle_calls.popleft() if self._idle_calls and not self._batch else None
+            self._calling, self._stepping = call is not None, call is None
             # While an idle-time call waits, admit nobody: the batch must run empty.
             admitted = self._take_pending() if not self._idle_calls and call is None else []
         if call is not None:
