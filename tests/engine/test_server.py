@@ -219,3 +219,21 @@ def test_disconnect_mid_stream_frees_slot(client: httpx.Client, engine: EnginePr
         stats = client.get("/v1/engine/stats").json()
     assert (stats["active"], stats["queued"]) == (0, 0)
     assert stats["cancelled"] == before + 1
+
+
+def test_health_is_live_while_generating(client: httpx.Client, engine: EngineProcess) -> None:
+    # The stalled side (503) needs a step that does not finish: test_control.py, with a model
+    # double. Here the real scheduler under work must not look stalled.
+    body = {"prompt": "Hello", "max_tokens": 200, "temperature": 0, "stream": True}
+    with httpx.Client(base_url=engine.url, timeout=60) as other:
+        with other.stream("POST", "/v1/completions", json=body) as resp:
+            lines = resp.iter_lines()
+            while not next(lines).startswith("data: "):
+                pass
+            health = client.get("/health")
+            assert health.status_code == 200
+            assert health.json()["ready"] is True and health.json()["swapping"] is False
+            for _ in lines:
+                pass
+    after = client.get("/health").json()
+    assert (after["active"], after["seconds_since_progress"]) == (0, 0.0)

@@ -55,7 +55,7 @@ def chat_response(
         ],
         created=int(prepared.created),
         model=service.served_name,
-        system_fingerprint=service.fingerprint,
+        system_fingerprint=prepared.loaded.fingerprint,
         usage=_usage(outcome),
         time_info=outcome.time_info,
     )
@@ -69,7 +69,7 @@ def completion_response(
         choices=[CompletionChoice(text=outcome.text, finish_reason=outcome.finish_reason)],
         created=int(prepared.created),
         model=service.served_name,
-        system_fingerprint=service.fingerprint,
+        system_fingerprint=prepared.loaded.fingerprint,
         usage=_usage(outcome),
         time_info=outcome.time_info,
     )
@@ -89,7 +89,7 @@ class _ChunkMaker:
             "id": new_id(),
             "created": int(prepared.created),
             "model": service.served_name,
-            "system_fingerprint": service.fingerprint,
+            "system_fingerprint": prepared.loaded.fingerprint,
         }
 
     def first(self) -> BaseModel | None:

@@ -4,13 +4,20 @@ One background thread owns the model. Each step it (1) drops cancelled sequences
 queued requests by prefilling them together and merging their KV cache into the batch's, and
 (3) runs one decode forward pass for every active sequence. Sequences of different lengths share
 the cache through left padding plus an attention mask, with explicit position ids, so a request
-joins or leaves the batch between any two steps.
+joins or leaves the batch between any two steps (the tensors: :mod:`turnout.engine.batch`).
 
 Why not transformers' own continuous batching (``init_continuous_batching``, 5.x): it samples
 every request from one process-global RNG (``torch.multinomial`` after ``torch.manual_seed``),
 so a request's ``seed`` cannot make its output repeatable while other requests run beside it,
 and its paged-attention path targets accelerators. Here each sequence carries its own
 ``torch.Generator``.
+
+The device is the model's (``model.device``); every tensor of a step is built there.
+
+The thread keeps a heartbeat (:meth:`BatchScheduler.liveness`): a loop that has work but makes
+no progress is stuck, whatever its process looks like from outside. Work that must not overlap
+any sequence, such as swapping the weights, runs on this thread between steps once the batch is
+empty (:meth:`BatchScheduler.call_when_idle`).
 
 Tokens go back to the asyncio side through ``loop.call_soon_threadsafe``; the event loop never
 waits on the model.
@@ -24,26 +31,22 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
+
+from turnout.engine.batch import decode_inputs, keep_rows, merge, prefill_inputs
+from turnout.engine.sampling import SamplingParams, choose_tokens
+
+__all__ = ["BatchScheduler", "Finished", "GenerationStream", "Liveness", "Timing"]
 
 logger = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    max_new_tokens: int
-    #: 0 means greedy decoding.
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
 
 
 @dataclass(slots=True)
@@ -74,14 +77,32 @@ class SchedulerStats:
     cancelled: int
 
 
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """Whether the scheduler thread is making progress on the work it has."""
+
+    #: The thread runs (it ends only when the scheduler stops).
+    running: bool
+    #: Sequences waiting for the thread or in its batch. Not while it runs an idle-time call
+    #: (a weight copy): the caller bounds that, and a big copy may outlast the stall bound.
+    has_work: bool
+    #: Seconds since the thread last finished a step while it had work; 0 when it has none.
+    seconds_since_progress: float
+
+    def stalled(self, bound: float) -> bool:
+        return not self.running or (self.has_work and self.seconds_since_progress > bound)
+
+
 @dataclass(eq=False)
 class _Sequence:
     prompt_ids: list[int]
     params: SamplingParams
+    seed: int
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Event]
     timing: Timing
-    generator: torch.Generator
+    #: Made on first sampling, on the device of the logits it samples from.
+    generator: torch.Generator | None = None
     generated: int = 0
     #: Real tokens whose keys/values are in the cache; also the next input's position id.
     cached: int = 0
@@ -93,6 +114,11 @@ class _Sequence:
         self.done = True
         self.timing.finished = time.perf_counter()
         outbox.add(self, Finished(reason, self.generated, self.timing))
+
+    def generator_on(self, device: torch.device) -> torch.Generator:
+        if self.generator is None:
+            self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self.generator
 
 
 class _Outbox:
@@ -143,23 +169,22 @@ class GenerationStream:
 
 
 class BatchScheduler:
-    def __init__(
-        self,
-        model: Any,
-        *,
-        eos_token_ids: frozenset[int],
-        max_batch_size: int = 16,
-        device: str = "cpu",
-        threads: int | None = None,
-    ) -> None:
+    def __init__(self, model: Any, *, max_batch_size: int = 16, threads: int | None = None) -> None:
         self._model = model
         self._threads = threads
-        self._eos = eos_token_ids
         self.max_batch_size = max_batch_size
-        self._device = torch.device(device)
+        #: The one device every tensor of a step is built on: the model's.
+        self.device: torch.device = torch.device(model.device)
         self._cond = threading.Condition()
         self._pending: deque[_Sequence] = deque()
+        self._idle_calls: deque[tuple[Future[None], Callable[[], None]]] = deque()
         self._stopping = False
+        self._waiting = False
+        #: A step runs (the sequences it admits are in neither the queue nor the batch yet).
+        self._stepping = False
+        #: An idle-time call runs.
+        self._calling = False
+        self._progress_at = time.monotonic()
         self._cancelled = 0
         self._thread: threading.Thread | None = None
         # Batch state, touched only by the scheduler thread.
@@ -182,19 +207,32 @@ class BatchScheduler:
             self._thread.join(timeout)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationStream:
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
         seq = _Sequence(
             prompt_ids=list(prompt_ids),
             params=params,
+            seed=params.seed if params.seed is not None else secrets.randbits(63),
             loop=asyncio.get_running_loop(),
             queue=asyncio.Queue(),
             timing=Timing(submitted=time.perf_counter()),
-            generator=torch.Generator(device=self._device).manual_seed(seed),
         )
         with self._cond:
+            self._wake()
             self._pending.append(seq)
-            self._cond.notify_all()
         return GenerationStream(seq, self)
+
+    def call_when_idle(self, fn: Callable[[], None]) -> Future[None]:
+        """Run ``fn`` on the scheduler thread once no sequence is in the batch.
+
+        Queued sequences wait meanwhile. Cancel the returned future to withdraw the call (it is
+        then skipped if it has not started).
+        """
+        done: Future[None] = Future()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the scheduler is stopping")
+            self._wake()
+            self._idle_calls.append((done, fn))
+        return done
 
     def cancel(self, seq: _Sequence) -> None:
         with self._cond:
@@ -208,28 +246,59 @@ class BatchScheduler:
             active = sum(1 for s in self._batch if not s.done)
             return SchedulerStats(active, len(self._pending), self._cancelled)
 
+    def liveness(self) -> Liveness:
+        with self._cond:
+            waiting = bool(self._pending or self._batch or self._stepping)
+            has_work = waiting and not self._calling
+            age = time.monotonic() - self._progress_at if has_work else 0.0
+        running = self._thread is not None and self._thread.is_alive()
+        return Liveness(running=running, has_work=has_work, seconds_since_progress=age)
+
+    def _wake(self) -> None:
+        # Called holding the lock. Work arriving at an idle thread starts the progress clock
+        # now; an idle spell is not a stall.
+        if self._waiting:
+            self._progress_at = time.monotonic()
+        self._cond.notify_all()
+
     # --- the scheduler thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self._threads:
+        if self._threads and self.device.type == "cpu":
             # Set from this thread: OpenMP's thread count is per calling thread.
             torch.set_num_threads(self._threads)
         with torch.inference_mode():
-            while True:
+            while self._next_round():
                 with self._cond:
-                    while not (self._stopping or self._pending or self._batch):
-                        self._cond.wait()
-                    if self._stopping:
-                        break
-                    admitted = self._take_pending()
-                try:
-                    self._step(admitted)
-                except Exception:  # the one guarded boundary: fail this batch, keep serving
-                    logger.exception("generation step failed; failing %d sequences", len(admitted))
-                    self._fail_all(admitted)
+                    self._stepping = self._calling = False
+                    self._progress_at = time.monotonic()
                 self._outbox.flush()
         self._fail_all([])
+        self._cancel_idle_calls()
         self._outbox.flush()
+
+    def _next_round(self) -> bool:
+        """Wait for work, then do one step or one idle-time call; False once stopping."""
+        with self._cond:
+            while not (self._stopping or self._pending or self._batch or self._idle_calls):
+                self._waiting = True
+                self._cond.wait()
+            self._waiting = False
+            if self._stopping:
+                return False
+            call = self._idle_calls.popleft() if self._idle_calls and not self._batch else None
+            self._calling, self._stepping = call is not None, call is None
+            # While an idle-time call waits, admit nobody: the batch must run empty.
+            admitted = self._take_pending() if not self._idle_calls and call is None else []
+        if call is not None:
+            _run_call(*call)
+            return True
+        try:
+            self._step(admitted)
+        except Exception:  # the one guarded boundary: fail this batch, keep serving
+            logger.exception("generation step failed; failing %d sequences", len(admitted))
+            self._fail_all(admitted)
+        return True
 
     def _take_pending(self) -> list[_Sequence]:
         room = self.max_batch_size - len(self._batch)
@@ -261,35 +330,42 @@ class BatchScheduler:
                 seq.finish(reason, self._outbox)
         self._batch, self._cache, self._mask = [], None, None
 
+    def _cancel_idle_calls(self) -> None:
+        with self._cond:
+            calls, self._idle_calls = [c for c, _ in self._idle_calls], deque()
+        for call in calls:
+            if call.set_running_or_notify_cancel():
+                call.set_exception(RuntimeError("the scheduler stopped"))
+
     def _prefill(self, seqs: list[_Sequence]) -> None:
         now = time.perf_counter()
         for seq in seqs:
             seq.timing.admitted = now
-        width = max(len(s.prompt_ids) for s in seqs)
-        ids = torch.zeros((len(seqs), width), dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            n = len(seq.prompt_ids)
-            ids[row, width - n :] = torch.tensor(seq.prompt_ids)
-            mask[row, width - n :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        inputs = prefill_inputs([s.prompt_ids for s in seqs], self.device)
         cache = DynamicCache()
-        logits = self._forward(ids, mask, positions, cache)
+        logits = self._forward(*inputs.tensors(), cache)
         now = time.perf_counter()
         for seq in seqs:
             seq.cached = len(seq.prompt_ids)
             seq.timing.prefilled = now
-        self._merge(seqs, cache, mask)
+        if self._cache is None or self._mask is None or not self._batch:
+            self._batch, self._cache, self._mask = list(seqs), cache, inputs.mask
+        else:
+            self._mask = merge(self._cache.layers, self._mask, cache.layers, inputs.mask)
+            self._batch.extend(seqs)
         self._sample_and_emit(seqs, logits)
 
     def _decode(self) -> None:
         if self._mask is None or self._cache is None:
             return
-        ids = torch.tensor([[s.last_token] for s in self._batch], dtype=torch.long)
-        positions = torch.tensor([[s.cached] for s in self._batch], dtype=torch.long)
-        mask = torch.cat([self._mask, torch.ones((len(self._batch), 1), dtype=torch.long)], -1)
-        logits = self._forward(ids, mask, positions, self._cache)
-        self._mask = mask
+        inputs = decode_inputs(
+            [s.last_token for s in self._batch],
+            [s.cached for s in self._batch],
+            self._mask,
+            self.device,
+        )
+        logits = self._forward(*inputs.tensors(), self._cache)
+        self._mask = inputs.mask
         for seq in self._batch:
             seq.cached += 1
         self._sample_and_emit(self._batch, logits)
@@ -298,9 +374,9 @@ class BatchScheduler:
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
     ) -> torch.Tensor:
         out = self._model(
-            input_ids=ids.to(self._device),
-            attention_mask=mask.to(self._device),
-            position_ids=positions.to(self._device),
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
             cache=cache,
             use_cache=True,
             logits_to_keep=1,
@@ -309,32 +385,17 @@ class BatchScheduler:
         return logits
 
     def _sample_and_emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
-        greedy = logits.argmax(-1).tolist()
-        for row, seq in enumerate(seqs):
-            if seq.params.temperature == 0:
-                token = int(greedy[row])
-            else:
-                token = _sample(logits[row], seq.params, seq.generator)
+        tokens = choose_tokens(
+            logits, [s.params for s in seqs], lambda row: seqs[row].generator_on(logits.device)
+        )
+        for seq, token in zip(seqs, tokens, strict=True):
             seq.last_token = token
             seq.generated += 1
             self._outbox.add(seq, token)
-            if token in self._eos:
+            if token in seq.params.stop_token_ids:
                 seq.finish("stop", self._outbox)
             elif seq.generated >= seq.params.max_new_tokens:
                 seq.finish("length", self._outbox)
-
-    def _merge(self, seqs: list[_Sequence], cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Append freshly prefilled sequences to the batch, left-padding the shorter side."""
-        mask = mask.to(self._device)
-        if self._cache is None or self._mask is None or not self._batch:
-            self._batch, self._cache, self._mask = list(seqs), cache, mask
-            return
-        width = max(self._mask.shape[1], mask.shape[1])
-        for old, new in zip(_layers(self._cache), _layers(cache), strict=True):
-            old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)], 0)
-            old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)], 0)
-        self._mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(mask, width)])
-        self._batch.extend(seqs)
 
     def _drop_finished(self) -> None:
         for seq in self._batch:
@@ -348,38 +409,16 @@ class BatchScheduler:
         if not self._batch or self._cache is None or self._mask is None:
             self._cache, self._mask = None, None
             return
-        index = torch.tensor(keep, device=self._device)
-        self._cache.batch_select_indices(index)
-        self._mask = self._mask[index]
-        # Columns that are padding for every remaining sequence cost compute and hold nothing.
-        used = self._mask.any(0).nonzero()
-        start = int(used[0]) if used.numel() else 0
-        if start > 0:
-            self._mask = self._mask[:, start:]
-            for layer in _layers(self._cache):
-                layer.keys = layer.keys[..., start:, :]
-                layer.values = layer.values[..., start:, :]
+        longest = max(s.cached for s in self._batch)
+        self._mask = keep_rows(self._cache, self._mask, keep, longest)
 
 
-def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    probs = torch.softmax(logits / params.temperature, -1)
-    if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
-        outside = sorted_probs.cumsum(-1) - sorted_probs > params.top_p
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _layers(cache: DynamicCache) -> list[Any]:
-    # Llama caches hold DynamicLayer objects (keys/values tensors [batch, heads, seq, dim]).
-    return list(cache.layers)
-
-
-def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    return F.pad(t, (0, 0, width - t.shape[-2], 0))
-
-
-def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
-    return F.pad(mask, (width - mask.shape[1], 0))
+def _run_call(call: Future[None], fn: Callable[[], None]) -> None:
+    if not call.set_running_or_notify_cancel():
+        return  # withdrawn by its caller
+    try:
+        fn()
+    except BaseException as exc:  # handed to the caller, who decides
+        call.set_exception(exc)
+    else:
+        call.set_result(None)

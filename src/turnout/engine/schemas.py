@@ -204,3 +204,44 @@ class EngineStats(InferenceModel):
     queued: int
     cancelled: int
     max_batch_size: int
+    #: Seconds the scheduler has had work without finishing a step (0 when idle).
+    seconds_since_progress: float = 0.0
+    #: A weight swap is running; ``held`` requests wait for it at the admission gate.
+    swapping: bool = False
+    held: int = 0
+
+
+# SGLang's weight-update wire format (sglang/srt/managers/io_struct.py,
+# UpdateWeightFromDiskReqInput / UpdateWeightFromDiskReqOutput; http_server.py routes), so one
+# rollout mechanism drives both engines.
+
+
+class UpdateWeightsFromDiskRequest(InferenceModel):
+    model_path: str = Field(min_length=1)
+    #: Only the default format (HF safetensors) is read; anything else is refused.
+    load_format: str | None = None
+    #: Refused when true: in-flight requests always finish on the weights they started with.
+    abort_all_requests: bool = False
+    weight_version: str | None = None
+    # Turnout extensions (not in SGLang's API)
+    #: Seconds to wait for in-flight requests before giving up (default: the engine's).
+    drain_timeout: float | None = Field(default=None, gt=0)
+
+
+class UpdateWeightsFromDiskResponse(InferenceModel):
+    success: bool
+    message: str
+    num_paused_requests: int = 0
+
+
+class ModelInfo(InferenceModel):
+    # SGLang's GET /get_model_info fields.
+    model_path: str
+    tokenizer_path: str
+    is_generation: bool = True
+    preferred_sampling_params: str | None = None
+    weight_version: str
+    # Turnout extensions (not in SGLang's API)
+    served_model_name: str
+    system_fingerprint: str
+    max_model_len: int

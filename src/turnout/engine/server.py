@@ -1,8 +1,12 @@
-"""The built-in engine's HTTP app: thin routes over :class:`EngineService`.
+"""The built-in engine's HTTP app: thin inference routes over :class:`EngineService`.
 
 The app binds first and loads the model in the background, so ``/health`` answers while the
 weights load; ``/ready`` turns 200 only after a warm-up generation produced tokens. A load
-failure is reported through ``on_fatal`` (the CLI stops the server and exits non-zero).
+failure is reported through ``on_fatal`` (the CLI stops the server and exits non-zero). The
+control routes (health, readiness, stats, weight swaps) are in :mod:`turnout.engine.control`.
+
+Every generation request is admitted first (:meth:`EngineService.admit`) and released when its
+response is sent, cut or failed, so a weight swap knows when nobody uses the old weights.
 """
 
 from __future__ import annotations
@@ -11,51 +15,34 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
-from turnout.engine.responses import chat_response, completion_response, sse_stream
+from turnout.engine import control
+from turnout.engine.reload import WeightReloader
+from turnout.engine.responses import Kind, chat_response, completion_response, sse_stream
 from turnout.engine.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
-    EngineStats,
     ModelCard,
     ModelList,
 )
-from turnout.engine.serving import EngineService, Prepared
-from turnout.errors import EndpointNotReady, TurnoutError
+from turnout.engine.serving import Admission, EngineService
+from turnout.engine.state import EngineConfig, EngineState, ServiceDep, StateDep
+from turnout.errors import TurnoutError
+
+__all__ = ["EngineConfig", "create_engine_app"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    model_dir: Path
-    served_name: str
-    device: str = "cpu"
-    max_model_len: int | None = None
-    max_batch_size: int = 16
-    #: torch intra-op threads for the forward passes; None keeps torch's default.
-    threads: int | None = None
-
-
-class EngineState:
-    """What the routes see: the service once loaded and warm, else None."""
-
-    def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        self.service: EngineService | None = None
-        self.created = 0
 
 
 async def _load(state: EngineState) -> EngineService:
@@ -70,19 +57,12 @@ async def _load(state: EngineState) -> EngineService:
     loaded = await asyncio.to_thread(
         load_model, cfg.model_dir, device=cfg.device, max_model_len=cfg.max_model_len
     )
-    scheduler = BatchScheduler(
-        loaded.model,
-        eos_token_ids=loaded.eos_token_ids,
-        max_batch_size=cfg.max_batch_size,
-        device=cfg.device,
-        threads=cfg.threads,
-    )
+    scheduler = BatchScheduler(loaded.model, max_batch_size=cfg.max_batch_size, threads=cfg.threads)
     scheduler.start()
-    service = EngineService(loaded, scheduler, cfg.served_name)
+    service = EngineService(loaded, scheduler, cfg.served_name, hold_timeout=cfg.hold_timeout)
     # Warm-up: one real generation through the scheduler, so "ready" means "serves tokens".
-    warm = await service.collect(
-        service.prepare_completion(CompletionRequest(prompt="Hello", max_tokens=2, temperature=0))
-    )
+    warm_up = CompletionRequest(prompt="Hello", max_tokens=2, temperature=0)
+    warm = await service.collect(service.prepare_completion(warm_up, loaded))
     if warm.completion_tokens < 1:
         raise RuntimeError("warm-up generation produced no tokens")
     logger.info("model %s loaded and warm (%s)", cfg.model_dir, loaded.fingerprint)
@@ -96,7 +76,9 @@ def create_engine_app(
 
     async def load_in_background() -> None:
         try:
-            state.service = await _load(state)
+            service = await _load(state)
+            state.reloader = WeightReloader(service, drain_timeout=config.reload_drain_timeout)
+            state.service = service
         except Exception as exc:  # any load failure ends the process; the CLI reports it
             logger.exception("failed to load model from %s", config.model_dir)
             if on_fatal is not None:
@@ -118,37 +100,11 @@ def create_engine_app(
     app.state.engine = state
     _add_error_handlers(app)
     _add_routes(app)
+    app.include_router(control.router)
     return app
 
 
-def _state(request: Request) -> EngineState:
-    state: EngineState = request.app.state.engine
-    return state
-
-
-def _service(state: Annotated[EngineState, Depends(_state)]) -> EngineService:
-    if state.service is None:
-        raise EndpointNotReady("The engine is still loading its model; retry shortly.")
-    return state.service
-
-
-StateDep = Annotated[EngineState, Depends(_state)]
-ServiceDep = Annotated[EngineService, Depends(_service)]
-
-
 def _add_routes(app: FastAPI) -> None:
-    @app.get("/health")
-    async def health(state: StateDep) -> EngineStats:
-        return _stats(state)
-
-    @app.get("/ready")
-    async def ready(service: ServiceDep) -> dict[str, str]:
-        return {"status": "ready", "system_fingerprint": service.fingerprint}
-
-    @app.get("/v1/engine/stats")
-    async def stats(state: StateDep) -> EngineStats:
-        return _stats(state)
-
     @app.get("/v1/models")
     async def models(state: StateDep, service: ServiceDep) -> ModelList:
         card = ModelCard(
@@ -161,40 +117,57 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(
         body: ChatCompletionRequest, request: Request, service: ServiceDep
-    ) -> ChatCompletionResponse | Response:
-        prepared = service.prepare_chat(body)
-        if body.stream:
-            return _event_stream(sse_stream("chat", service, prepared))
-        outcome = await _unless_disconnected(request, service.collect(prepared))
-        return chat_response(service, prepared, outcome)
+    ) -> ChatCompletionResponse | CompletionResponse | Response:
+        return await _generate(body, request, service)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(
         body: CompletionRequest, request: Request, service: ServiceDep
-    ) -> CompletionResponse | Response:
-        prepared: Prepared = service.prepare_completion(body)
+    ) -> ChatCompletionResponse | CompletionResponse | Response:
+        return await _generate(body, request, service)
+
+
+async def _generate(
+    body: ChatCompletionRequest | CompletionRequest, request: Request, service: EngineService
+) -> ChatCompletionResponse | CompletionResponse | Response:
+    admission = await service.admit()
+    handed_off = False
+    try:
+        kind: Kind = "chat" if isinstance(body, ChatCompletionRequest) else "completion"
+        if isinstance(body, ChatCompletionRequest):
+            prepared = service.prepare_chat(body, admission.loaded)
+        else:
+            prepared = service.prepare_completion(body, admission.loaded)
         if body.stream:
-            return _event_stream(sse_stream("completion", service, prepared))
+            handed_off = True  # the stream releases it once sent, cut or failed
+            return _AdmittedStream(sse_stream(kind, service, prepared), admission)
         outcome = await _unless_disconnected(request, service.collect(prepared))
+        if kind == "chat":
+            return chat_response(service, prepared, outcome)
         return completion_response(service, prepared, outcome)
+    finally:
+        if not handed_off:
+            admission.release()
 
 
-def _stats(state: EngineState) -> EngineStats:
-    service = state.service
-    counts = service.scheduler.stats() if service is not None else None
-    return EngineStats(
-        ready=service is not None,
-        active=counts.active if counts else 0,
-        queued=counts.queued if counts else 0,
-        cancelled=counts.cancelled if counts else 0,
-        max_batch_size=state.config.max_batch_size,
-    )
+class _AdmittedStream(StreamingResponse):
+    """An SSE response that releases its request's admission however the stream ends.
 
+    Starlette skips ``background`` tasks when sending fails, and a generator that never
+    started runs no ``finally``; wrapping ``__call__`` covers both.
+    """
 
-def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:
-    # Starlette cancels the iterator when the client disconnects, which frees the slot.
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    def __init__(self, events: AsyncIterator[str], admission: Admission) -> None:
+        # Starlette cancels the iterator when the client disconnects, which frees the slot.
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._admission.release()
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:

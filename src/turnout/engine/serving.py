@@ -1,8 +1,11 @@
-"""The engine's service layer: request validation, prompt building and generation.
+"""The engine's service layer: admission, request validation, prompt building and generation.
 
-Routes call :meth:`EngineService.prepare_chat` / :meth:`prepare_completion` (which raise the
-:mod:`turnout.errors` tree for bad requests) and then iterate :meth:`EngineService.run`, which
-yields text pieces as they become safe to send and ends with one :class:`Outcome`.
+Routes first :meth:`EngineService.admit` a request (it may wait while the weights are swapped;
+see :mod:`turnout.engine.gate`), then call :meth:`EngineService.prepare_chat` /
+:meth:`prepare_completion` with the admitted model (they raise the :mod:`turnout.errors` tree for
+bad requests) and iterate :meth:`EngineService.run`, which yields text pieces as they become
+safe to send and ends with one :class:`Outcome`. A request uses one :class:`LoadedModel` from
+admission to its last byte: its tokenizer, its weights, its fingerprint.
 """
 
 from __future__ import annotations
@@ -16,15 +19,23 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from turnout.engine.detokenizer import Detokenizer
+from turnout.engine.gate import AdmissionGate
 from turnout.engine.model import LoadedModel
-from turnout.engine.scheduler import BatchScheduler, Finished, SamplingParams, Timing
+from turnout.engine.sampling import SamplingParams
+from turnout.engine.scheduler import BatchScheduler, Finished, Timing
 from turnout.engine.schemas import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
     TimeInfo,
 )
-from turnout.errors import BadRequest, ContextLengthExceeded, TurnoutError, UnsupportedParameter
+from turnout.errors import (
+    BadRequest,
+    ContextLengthExceeded,
+    EndpointNotReady,
+    TurnoutError,
+    UnsupportedParameter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +71,24 @@ _COMPLETION_UNSUPPORTED: tuple[tuple[str, Check], ...] = (
 )
 
 
+class Admission:
+    """One admitted request: the model it uses, and the release that lets a swap proceed."""
+
+    def __init__(self, loaded: LoadedModel, gate: AdmissionGate) -> None:
+        self.loaded = loaded
+        self._gate: AdmissionGate | None = gate
+
+    def release(self) -> None:
+        """Idempotent: every path that ends a request may call it."""
+        if self._gate is not None:
+            self._gate.leave()
+            self._gate = None
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
+    #: The model this request was tokenized for and runs on.
+    loaded: LoadedModel
     prompt_ids: list[int]
     params: SamplingParams
     stop: tuple[str, ...]
@@ -81,23 +108,45 @@ class Outcome:
 
 
 class EngineService:
-    def __init__(self, loaded: LoadedModel, scheduler: BatchScheduler, served_name: str) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        scheduler: BatchScheduler,
+        served_name: str,
+        *,
+        hold_timeout: float = 60.0,
+    ) -> None:
+        #: The model new requests are admitted to; replaced by a weight swap.
         self.loaded = loaded
         self.scheduler = scheduler
         self.served_name = served_name
+        self.gate = AdmissionGate()
+        self.hold_timeout = hold_timeout
+        #: Why this engine can no longer serve (a swap that broke part-way), else None.
+        self.failure: str | None = None
 
     @property
     def fingerprint(self) -> str:
         return self.loaded.fingerprint
 
+    async def admit(self) -> Admission:
+        """Let a request in (waiting while weights are swapped); release it when it ends."""
+        if self.failure is not None:
+            raise EndpointNotReady(f"The engine cannot serve: {self.failure}.")
+        await self.gate.enter(self.hold_timeout)
+        return Admission(self.loaded, self.gate)
+
+    def fail(self, reason: str) -> None:
+        self.failure = reason
+
     # --- preparing requests --------------------------------------------------------------------
 
-    def prepare_chat(self, req: ChatCompletionRequest) -> Prepared:
+    def prepare_chat(self, req: ChatCompletionRequest, loaded: LoadedModel) -> Prepared:
         created, started = time.time(), time.perf_counter()
         _refuse_unsupported(req, _CHAT_UNSUPPORTED)
         if not req.messages:
             raise BadRequest("'messages' must hold at least one message.", param="messages")
-        tok = self.loaded.tokenizer
+        tok = loaded.tokenizer
         if tok.chat_template is None:
             raise BadRequest(
                 "This model has no chat template; use /v1/completions.", param="messages"
@@ -107,73 +156,21 @@ class EngineService:
         ids = list(tok(text, add_special_tokens=False)["input_ids"])
         wanted = req.max_completion_tokens or req.max_tokens
         param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-        return self._prepared(req, ids, wanted, param, "messages", created, started)
+        return _prepared(loaded, req, ids, (wanted, param), "messages", (created, started))
 
-    def prepare_completion(self, req: CompletionRequest) -> Prepared:
+    def prepare_completion(self, req: CompletionRequest, loaded: LoadedModel) -> Prepared:
         created, started = time.time(), time.perf_counter()
         _refuse_unsupported(req, _COMPLETION_UNSUPPORTED)
-        ids = self._prompt_ids(req.prompt)
-        return self._prepared(req, ids, req.max_tokens, "max_tokens", "prompt", created, started)
-
-    def _prompt_ids(self, prompt: str | list[str] | list[int] | list[list[int]]) -> list[int]:
-        one: str | list[int] | list[str] | list[list[int]] = prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-            if len(prompt) != 1:
-                raise UnsupportedParameter(
-                    "Batched prompts are not supported; send one prompt per request.",
-                    param="prompt",
-                )
-            one = prompt[0]  # a one-element batch
-        if isinstance(one, str):
-            ids = list(self.loaded.tokenizer(one)["input_ids"])
-        else:
-            ids = [int(t) for t in one if isinstance(t, int)]
-        vocab = len(self.loaded.tokenizer)
-        if not ids:
-            raise BadRequest("'prompt' must not be empty.", param="prompt")
-        if any(t < 0 or t >= vocab for t in ids):
-            raise BadRequest(f"'prompt' token ids must be in [0, {vocab}).", param="prompt")
-        return ids
-
-    def _prepared(
-        self,
-        req: ChatCompletionRequest | CompletionRequest,
-        ids: list[int],
-        wanted: int | None,
-        max_param: str,
-        prompt_param: str,
-        created: float,
-        started: float,
-    ) -> Prepared:
-        limit = self.loaded.max_model_len
-        room = limit - len(ids)
-        if room <= 0 or (wanted is not None and wanted > room):
-            asked = f"{len(ids)} tokens in the {prompt_param}"
-            if wanted is not None:
-                asked = f"{len(ids) + wanted} tokens ({asked} and {wanted} for the completion)"
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens, but you requested "
-                f"{asked}. Shorten the {prompt_param} or lower {max_param}.",
-                param=prompt_param if room <= 0 else max_param,
-            )
-        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-        if any(not s for s in stop):
-            raise BadRequest("'stop' strings must not be empty.", param="stop")
-        params = SamplingParams(
-            max_new_tokens=wanted or room,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            seed=req.seed,
-        )
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Prepared(ids, params, stop, include_usage, created, started)
+        ids = _prompt_ids(loaded.tokenizer, req.prompt)
+        wanted = (req.max_tokens, "max_tokens")
+        return _prepared(loaded, req, ids, wanted, "prompt", (created, started))
 
     # --- generating ----------------------------------------------------------------------------
 
     async def run(self, prepared: Prepared) -> AsyncIterator[str | Outcome]:
         """Yield text pieces, then one Outcome. Closing the iterator early frees the slot."""
         stream = self.scheduler.submit(prepared.prompt_ids, prepared.params)
-        detok = Detokenizer(self.loaded.tokenizer, prepared.stop)
+        detok = Detokenizer(prepared.loaded.tokenizer, prepared.stop)
         produced = 0
         finished: Finished | None = None
         try:
@@ -251,3 +248,66 @@ def _time_info(prepared: Prepared, timing: Timing) -> TimeInfo:
         total_time=max(0.0, now - prepared.started),
         created=prepared.created,
     )
+
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+def _prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
+    one: str | list[int] | list[str] | list[list[int]] = prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        if len(prompt) != 1:
+            raise UnsupportedParameter(
+                "Batched prompts are not supported; send one prompt per request.",
+                param="prompt",
+            )
+        one = prompt[0]  # a one-element batch
+    if isinstance(one, str):
+        ids = list(tokenizer(one)["input_ids"])
+    else:
+        ids = [int(t) for t in one if isinstance(t, int)]
+    vocab = len(tokenizer)
+    if not ids:
+        raise BadRequest("'prompt' must not be empty.", param="prompt")
+    if any(t < 0 or t >= vocab for t in ids):
+        raise BadRequest(f"'prompt' token ids must be in [0, {vocab}).", param="prompt")
+    return ids
+
+
+def _prepared(
+    loaded: LoadedModel,
+    req: ChatCompletionRequest | CompletionRequest,
+    ids: list[int],
+    wanted: tuple[int | None, str],
+    prompt_param: str,
+    clocks: tuple[float, float],
+) -> Prepared:
+    """Check the request fits the context and build its sampling parameters.
+
+    ``wanted`` is the completion length asked for and the field that asked; ``clocks`` is
+    (``time.time()``, ``time.perf_counter()``) when the request arrived.
+    """
+    limit = loaded.max_model_len
+    room = limit - len(ids)
+    tokens, max_param = wanted
+    if room <= 0 or (tokens is not None and tokens > room):
+        asked = f"{len(ids)} tokens in the {prompt_param}"
+        if tokens is not None:
+            asked = f"{len(ids) + tokens} tokens ({asked} and {tokens} for the completion)"
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {limit} tokens, but you requested "
+            f"{asked}. Shorten the {prompt_param} or lower {max_param}.",
+            param=prompt_param if room <= 0 else max_param,
+        )
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    if any(not s for s in stop):
+        raise BadRequest("'stop' strings must not be empty.", param="stop")
+    params = SamplingParams(
+        max_new_tokens=tokens or room,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        seed=req.seed,
+        stop_token_ids=loaded.eos_token_ids,
+    )
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return Prepared(loaded, ids, params, stop, include_usage, *clocks)
