@@ -21,17 +21,23 @@ from fastapi import FastAPI
 
 from turnout.api.app import create_management_app, healthz
 from turnout.api.deps import Services
+from turnout.api.errors import install_error_handlers
+from turnout.api.routes import internal
 from turnout.api.services.admin import AdminService
 from turnout.api.services.endpoints import EndpointsService
 from turnout.api.services.models import ModelsService
+from turnout.errors import ConfigError
 from turnout.gateway.app import create_gateway_app
 from turnout.gateway.keys import StaticInferenceKeys
 from turnout.gateway.routing import Router
 from turnout.loop import run_control_loop
+from turnout.placement.base import Placement
 from turnout.placement.engines import EngineCatalog
+from turnout.placement.gpus import gpu_ids
 from turnout.placement.local import LocalPlacement, LocalPlacementConfig
 from turnout.registry.config import SyncConfig
 from turnout.registry.sync import check_source_uri
+from turnout.registry.weightstore import WeightStore
 from turnout.registry.worker import SyncWorker
 from turnout.rollout.controller import RolloutConfig, RolloutController
 from turnout.routing.feed import InProcessFeed, RoutingFeed, StoreFeed
@@ -72,7 +78,7 @@ class Runtime:
     router: Router
     keys: StaticInferenceKeys
     sync: SyncWorker | None = None
-    placement: LocalPlacement | None = None
+    placement: Placement | None = None
     rollout: RolloutController | None = None
     follower: StoreFollower | None = None
     key_refresher: KeyRefresher | None = None
@@ -136,7 +142,10 @@ class Runtime:
         if self.rollout is not None:
             await self.rollout.close()
         if self.placement is not None:
-            await self.placement.close()
+            # Only a developer's all-in-one server takes its local replicas with it; a worker
+            # (or any Ray placement) leaves them serving for the next process to adopt.
+            local_all = self.role is Role.ALL and self.settings.placement == "local"
+            await self.placement.close(stop_replicas=local_all)
         if self.sync is not None:
             await self.sync.close()
         await self.db.release_leader_lock()
@@ -152,9 +161,7 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
     sync = SyncWorker(db, config) if runs_workers else None
     placement = rollout = None
     if runs_workers:
-        placement = LocalPlacement(
-            LocalPlacementConfig(run_dir=settings.data_dir.resolve() / "run")
-        )
+        placement = build_placement(settings)
         feed: RoutingFeed = InProcessFeed(db, router) if role is Role.ALL else StoreFeed(db)
         rollout = RolloutController(db, placement, feed, rollout_config(settings, engines))
     follower = key_refresher = None
@@ -176,6 +183,8 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
             on_endpoint_deleted=rollout.notify if rollout else _nothing,
         ),
         admin_token=settings.admin_token,
+        weights=WeightStore(settings.weights_dir.resolve()),
+        internal_token=settings.resolved_internal_token(),
     )
     return Runtime(
         settings,
@@ -196,6 +205,25 @@ def _nothing() -> None:
     """A worker in another process notices new work on its next pass."""
 
 
+def build_placement(settings: Settings) -> Placement:
+    if settings.placement == "ray":
+        # Only this placement needs Ray (the `ray` extra): imported when chosen.
+        from turnout.placement.ray import RayPlacement, RayPlacementConfig
+
+        if not settings.ray_address:
+            raise ConfigError("--placement ray needs --ray-address (or TURNOUT_RAY_ADDRESS)")
+        return RayPlacement(
+            RayPlacementConfig(
+                address=settings.ray_address, always_fetch=settings.node_weights == "fetch"
+            )
+        )
+    return LocalPlacement(
+        LocalPlacementConfig(
+            run_dir=settings.data_dir.resolve() / "run", gpu_ids=gpu_ids(settings.gpus)
+        )
+    )
+
+
 def rollout_config(settings: Settings, engines: EngineCatalog) -> RolloutConfig:
     return RolloutConfig(
         engines=engines,
@@ -203,6 +231,9 @@ def rollout_config(settings: Settings, engines: EngineCatalog) -> RolloutConfig:
         drain_timeout=settings.drain_timeout,
         device=settings.device,
         max_replicas=settings.max_replicas,
+        # Local replicas read the weight store; Ray nodes may not have it.
+        weights_url=settings.advertise_url if settings.placement == "ray" else None,
+        internal_token=settings.resolved_internal_token(),
     )
 
 
@@ -225,6 +256,10 @@ def create_server_app(settings: Settings, role: Role = Role.ALL) -> FastAPI:
     elif role is Role.WORKER:
         app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
         app.add_api_route("/healthz", healthz, methods=["GET"])
+        # Fleet nodes fetch weights from whichever process has the weight store.
+        app.state.services = runtime.services
+        install_error_handlers(app)
+        app.include_router(internal.router)
     else:
         management = create_management_app(
             runtime.services, max_body_bytes=settings.max_body_bytes, lifespan=lifespan

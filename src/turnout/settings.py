@@ -5,8 +5,10 @@ Built only by the CLI (never at import) and passed down as one object.
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -47,6 +49,21 @@ class Settings(BaseSettings):
     max_replicas: int = 0
     #: JSON file of extra engine command templates (see docs/engines.md).
     engine_templates: Path | None = None
+    #: Where replicas run: ``local`` (subprocesses of the worker) or ``ray`` (a Ray cluster).
+    placement: Literal["local", "ray"] = "local"
+    #: The Ray cluster to place replicas on (``ray`` placement), e.g. ``10.0.0.1:6379``.
+    ray_address: str | None = None
+    #: This machine's GPU ids for local placement, e.g. ``0,1,2,3``; unset: ask NVML.
+    gpus: str | None = None
+    #: The control plane's URL as fleet nodes reach it (they fetch weights from it); default:
+    #: the address ``turnout serve`` listens on.
+    advertise_url: str | None = None
+    #: Bearer token of ``/internal/v1`` (weights for fleet nodes); unset: a random one kept in
+    #: ``data_dir/internal-token``, shared by every process on that data dir.
+    internal_token: str = ""
+    #: How Ray nodes get weights: ``auto`` reads the weight store's path when the node has it
+    #: (a shared filesystem) and fetches otherwise; ``fetch`` always fetches.
+    node_weights: Literal["auto", "fetch"] = "auto"
 
     @field_validator("allowed_local_roots", "allowed_hosts", mode="before")
     @classmethod
@@ -61,3 +78,19 @@ class Settings(BaseSettings):
     @property
     def weights_dir(self) -> Path:
         return self.data_dir / "weights"
+
+    def resolved_internal_token(self) -> str:
+        """The configured token, else the data dir's own (created once, readable by us only)."""
+        if self.internal_token:
+            return self.internal_token
+        path = self.data_dir / "internal-token"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        return token

@@ -154,3 +154,9 @@ class ReplicaState(StrEnum):
     STOPPED = "stopped"
     #: Gave up: failed to load, or crashed too often. The replica's ``error`` says why.
     FAILED = "failed"
+    #: Its process or its node is gone (found so by a reconcile pass); it gets replaced.
+    LOST = "lost"
+
+
+#: Replica states that will not serve again: the controller replaces such replicas.
+REPLICA_GONE: Final = frozenset({ReplicaState.FAILED, ReplicaState.STOPPED, ReplicaState.LOST})

@@ -227,10 +227,12 @@ def test_key_revoked_while_signed_in_returns_to_sign_in(
     console_env: ConsoleEnv, page: Page
 ) -> None:
     env = console_env
-    key = env.server.cli("admin", "key", "create", "--org", ORG, "--kind", "management")
+    key = env.server.cli("admin", "key", "create", "--org", ORG, "--kind", "management").stdout
+    key = key.strip()
     sign_in(page, env, key=key)
     expect(page.get_by_test_id(f"endpoint-{ENDPOINT}")).to_be_visible()
-    keys = json.loads(env.server.cli("admin", "key", "list", "--org", ORG, "--json"))["keys"]
+    listed = env.server.cli("admin", "key", "list", "--org", ORG, "--json").stdout
+    keys = json.loads(listed)["keys"]
     # Listed by an 8-character prefix, which for these random keys names one key.
     (mine,) = [k for k in keys if key.startswith(k["prefix"]) and k["kind"] == "management"]
     env.server.cli("admin", "key", "revoke", mine["id"])

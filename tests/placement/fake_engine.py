@@ -2,14 +2,12 @@
 
 GET /health answers 200 at once; GET /ready answers 200 once ``--ready-file`` exists (or at
 once without it); POST /v1/chat/completions answers a fixed completion. Flags make it behave
-like a broken engine: fail at start with an error, ignore SIGTERM, spawn a child process, or
-clear the parent-death signal the placement set (as a setuid engine binary would).
+like a broken engine: fail at start with an error, ignore SIGTERM, or spawn a child process.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -28,7 +26,6 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--fail-at-start")
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--spawn-child", action="store_true")
-    parser.add_argument("--clear-pdeathsig", action="store_true")
     return parser.parse_args()
 
 
@@ -85,8 +82,6 @@ def main() -> None:
     if args.fail_at_start:
         print(f"fake engine: {args.fail_at_start}", file=sys.stderr, flush=True)
         sys.exit(2)
-    if args.clear_pdeathsig:
-        ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)
     if args.spawn_child:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         print(f"child_pid={child.pid}", flush=True)

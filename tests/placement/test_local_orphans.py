@@ -1,4 +1,6 @@
-"""No orphans when the parent dies: PDEATHSIG, and recover() for what it cannot cover."""
+"""Replicas outlive the process that started them (a crash or kill -9 of Turnout leaves them
+serving); the next placement on the same run dir adopts them, restarts them after a crash, and
+sweeps what dead ones left behind."""
 
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ import httpx
 import pytest
 
 from turnout.placement import process
-from turnout.placement.base import ReplicaHandle, ReplicaSpec
+from turnout.placement.base import EngineCommand, ReplicaHandle, ReplicaSpec, ReplicaStatus
 from turnout.placement.local import LocalPlacement, LocalPlacementConfig
 from turnout.states import ReplicaState
 
 from .conftest import WaitStatus, grandchild_pid, wait_gone
 
 PARENT_SCRIPT = Path(__file__).with_name("orphan_parent.py")
+FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
@@ -67,24 +70,15 @@ def parents() -> Iterator[list[Parent]]:
             os.kill(parent.replica_pid, signal.SIGKILL)
 
 
-def test_replica_dies_when_its_parent_is_sigkilled(tmp_path: Path, parents: list[Parent]) -> None:
-    parent = Parent(tmp_path / "run")
-    parents.append(parent)
-    assert process.is_alive(parent.replica_pid, parent.replica_ticks)
-    parent.kill()
-    assert wait_gone(parent.replica_pid, parent.replica_ticks), "replica outlived its parent"
-
-
-def test_recover_adopts_a_live_leftover_and_stops_it(
+def test_a_replica_outlives_its_sigkilled_parent_and_is_adopted(
     tmp_path: Path, parents: list[Parent], wait_status: WaitStatus
 ) -> None:
-    # The engine clears its parent-death signal (as a setuid binary's exec would), so it
-    # survives the parent: only the pid file can find it now.
     run_dir = tmp_path / "run"
-    parent = Parent(run_dir, "--clear-pdeathsig")
+    parent = Parent(run_dir)
     parents.append(parent)
     parent.kill()
-    assert process.is_alive(parent.replica_pid, parent.replica_ticks)
+    assert process.is_alive(parent.replica_pid, parent.replica_ticks), "the replica died"
+    assert httpx.get(parent.address + "/health", trust_env=False, timeout=10).status_code == 200
 
     async def scenario() -> None:
         placement = LocalPlacement(LocalPlacementConfig(run_dir=run_dir))
@@ -98,11 +92,18 @@ def test_recover_adopts_a_live_leftover_and_stops_it(
                 placement, handles[0], lambda s: s.state is ReplicaState.READY
             )
             assert status.labels["adopted"] == "true"
-            resp = httpx.get(parent.address + "/health", trust_env=False, timeout=10)
-            assert resp.status_code == 200
             assert await placement.recover() == []  # already adopted: nothing new
-            await placement.stop(handles[0], drain_timeout=10)
-            assert wait_gone(parent.replica_pid, parent.replica_ticks)
+            # An adopted replica that crashes is restarted the way it was started.
+            os.kill(parent.replica_pid, signal.SIGKILL)
+            restarted = await wait_status(
+                placement,
+                handles[0],
+                lambda s: s.state is ReplicaState.READY and s.handle.pid != parent.replica_pid,
+            )
+            assert restarted.restarts == 1
+            assert httpx.get(parent.address + "/health", trust_env=False).status_code == 200
+            await placement.stop(restarted.handle, drain_timeout=10)
+            assert restarted.handle.pid is not None and wait_gone(restarted.handle.pid)
             assert (await placement.probe(handles[0])).state is ReplicaState.STOPPED
             assert not (run_dir / "replicas" / "orphan.json").exists()
         finally:
@@ -111,10 +112,36 @@ def test_recover_adopts_a_live_leftover_and_stops_it(
     asyncio.run(scenario())
 
 
+def test_close_leaves_replicas_serving_unless_told_to_stop_them(
+    tmp_path: Path, wait_status: WaitStatus
+) -> None:
+    run_dir = tmp_path / "run"
+    engine = EngineCommand(argv=("{python}", str(FAKE_ENGINE), "--port", "{port}"))
+
+    async def start_one(replica_id: str) -> tuple[LocalPlacement, ReplicaStatus]:
+        placement = LocalPlacement(LocalPlacementConfig(run_dir=run_dir))
+        spec = ReplicaSpec(replica_id, "ep", "dep", run_dir, "fake", engine=engine)
+        handle = await placement.start(spec)
+        ready = await wait_status(placement, handle, lambda s: s.state is ReplicaState.READY)
+        return placement, ready
+
+    async def scenario() -> None:
+        placement, kept = await start_one("kept")
+        await placement.close(stop_replicas=False)  # e.g. a worker restarting for an upgrade
+        assert kept.handle.pid is not None and process.is_alive(kept.handle.pid, None)
+        placement, _ = await start_one("other")
+        assert {h.replica_id for h in await placement.list_alive()} == {"kept", "other"}
+        await placement.close(stop_replicas=True)  # an orderly stop of the all-in-one server
+        assert wait_gone(kept.handle.pid)
+        assert not list((run_dir / "replicas").glob("*.json"))
+
+    asyncio.run(scenario())
+
+
 def test_recover_drops_a_dead_replica_and_kills_its_leftover_children(
     tmp_path: Path, parents: list[Parent]
 ) -> None:
-    # PDEATHSIG kills only the engine itself; a child the engine spawned survives it.
+    # The engine dies while nobody watches it; a child it spawned survives it.
     run_dir = tmp_path / "run"
     parent = Parent(run_dir, "--spawn-child")
     parents.append(parent)
@@ -122,6 +149,7 @@ def test_recover_drops_a_dead_replica_and_kills_its_leftover_children(
     child_stat = process.read_stat(child)
     assert child_stat is not None
     parent.kill()
+    os.kill(parent.replica_pid, signal.SIGKILL)
     assert wait_gone(parent.replica_pid, parent.replica_ticks)
     assert process.is_alive(child, child_stat.start_ticks)
 

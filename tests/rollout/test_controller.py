@@ -12,7 +12,14 @@ from aiohttp import web
 
 from turnout.api.services.admin import catalog_records
 from turnout.gateway.routing import Router
-from turnout.placement.base import ReplicaHandle, ReplicaSpec, ReplicaStatus
+from turnout.placement.base import (
+    Capacity,
+    NoCapacity,
+    NodeCapacity,
+    ReplicaHandle,
+    ReplicaSpec,
+    ReplicaStatus,
+)
 from turnout.rollout.controller import RolloutConfig, RolloutController
 from turnout.rollout.runner import Rollout
 from turnout.routing.feed import InProcessFeed
@@ -33,8 +40,14 @@ class FakePlacement:
         self.stopped: list[str] = []
         self.fail = False  # replicas started while set never become ready
         self.failing: set[str] = set()
+        self.gpus = 0  # the fake node's GPUs
+        self.specs: dict[str, ReplicaSpec] = {}
 
     async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
+        if spec.gpus and not (await self.capacity()).fits(1, spec.gpus):
+            raise NoCapacity(f"{spec.gpus} GPU(s) wanted")
+        self.specs[spec.replica_id] = spec
+
         async def complete(_: web.Request) -> web.Response:
             return web.json_response({"usage": {"completion_tokens": 1}})
 
@@ -68,7 +81,12 @@ class FakePlacement:
     async def list_alive(self) -> list[ReplicaHandle]:
         return [h for h, _ in self.running.values()]
 
-    async def close(self) -> None:
+    async def capacity(self) -> Capacity:
+        used = sum(spec.gpus for spec in self.specs.values() if spec.replica_id in self.running)
+        node = NodeCapacity("fake", self.gpus, self.gpus - used, len(self.running))
+        return Capacity((node,))
+
+    async def close(self, *, stop_replicas: bool = True) -> None:
         for handle, _ in list(self.running.values()):
             await self.stop(handle, drain_timeout=0)
 

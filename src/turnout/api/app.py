@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from turnout import __version__
 from turnout.api.deps import Services
 from turnout.api.errors import BodySizeLimit, install_error_handlers
-from turnout.api.routes import admin, management
+from turnout.api.routes import admin, internal, management
 
 
 def create_management_app(
@@ -34,6 +34,7 @@ def create_management_app(
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.include_router(management.router)
     app.include_router(admin.router)
+    app.include_router(internal.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"], summary="Liveness")
     # The console (console/ in the repo, built into the package): static files only; it calls
     # the management API above with the signed-in key like any other client.

@@ -12,6 +12,7 @@ from turnout.api.services.auth import Principal, authenticate
 from turnout.api.services.endpoints import EndpointsService
 from turnout.api.services.models import ModelsService
 from turnout.errors import Unauthenticated
+from turnout.registry.weightstore import WeightStore
 from turnout.store.db import Database
 from turnout.store.records import KeyKind
 
@@ -23,6 +24,9 @@ class Services:
     endpoints: EndpointsService
     admin: AdminService
     admin_token: str
+    #: The published weights, served to fleet nodes with ``internal_token``.
+    weights: WeightStore
+    internal_token: str
 
 
 def get_services(request: Request) -> Services:

@@ -9,7 +9,7 @@ import typer
 
 from turnout.api.schemas.admin import EndpointCreate
 from turnout.api.services.admin import AdminService
-from turnout.cli.context import DataDir, JsonFlag, emit, load_settings, run_or_exit
+from turnout.cli.context import DataDir, JsonFlag, dump, emit, load_settings, run_or_exit
 from turnout.placement.engines import EngineCatalog
 from turnout.store.db import Database
 
@@ -22,6 +22,8 @@ app.add_typer(org_app, name="org")
 app.add_typer(key_app, name="key")
 app.add_typer(arch_app, name="arch")
 app.add_typer(endpoint_app, name="endpoint")
+replica_app = typer.Typer(help="Replicas: where each engine process runs.")
+app.add_typer(replica_app, name="replica")
 
 T = TypeVar("T")
 
@@ -119,14 +121,25 @@ def endpoint_create(
         str | None,
         typer.Option("--engine", help="builtin, vllm, sglang or a configured template"),
     ] = None,
+    gpus_per_replica: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus-per-replica", min=0, max=64, help="default: the architecture's (its TP size)"
+        ),
+    ] = None,
     data_dir: DataDir = None,
     as_json: JsonFlag = False,
 ) -> None:
     req = EndpointCreate(
-        endpoint_id=endpoint_id, org=org, arch=arch, replicas=replicas, engine=engine
+        endpoint_id=endpoint_id,
+        org=org,
+        arch=arch,
+        replicas=replicas,
+        engine=engine,
+        gpus_per_replica=gpus_per_replica,
     )
     out = _with_admin(data_dir, lambda s: s.create_endpoint(req))
-    emit(out, as_json, ["endpoint_id", "org", "arch", "replicas", "engine"])
+    emit(out, as_json, ["endpoint_id", "org", "arch", "replicas", "engine", "gpus_per_replica"])
 
 
 @endpoint_app.command("list")
@@ -135,7 +148,7 @@ def endpoint_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     emit(
         out,
         as_json,
-        ["endpoint_id", "org", "arch", "replicas", "engine", "serving_deployment_id"],
+        ["endpoint_id", "org", "arch", "replicas", "engine", "gpus_per_replica", "replica_problem"],
         "endpoints",
     )
 
@@ -147,3 +160,23 @@ def endpoint_delete(endpoint_id: str, data_dir: DataDir = None, as_json: JsonFla
         as_json,
         ["endpoint_id", "org"],
     )
+
+
+@replica_app.command("list")
+def replica_list(
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="Only this endpoint's.")
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every replica: its endpoint, deployment, version, node, address, GPUs and state."""
+    out = _with_admin(data_dir, lambda s: s.list_replicas(endpoint))
+    columns = [
+        "replica_id", "endpoint_id", "deployment_id", "version_id", "node", "address", "gpus",
+        "state",
+    ]  # fmt: skip
+    if as_json:  # exactly these keys, for scripts
+        dump({"replicas": [{c: r[c] for c in columns} for r in out.model_dump()["replicas"]]})
+        return
+    emit(out, as_json, [*columns, "detail"], "replicas")

@@ -37,6 +37,15 @@ def serve(
     threads: int | None = typer.Option(
         None, "--threads", help="torch CPU threads (default: all cores but one)."
     ),
+    stall_timeout: float = typer.Option(
+        30.0, "--stall-timeout", help="/health answers 503 once work waits this long unserved."
+    ),
+    reload_drain_timeout: float = typer.Option(
+        30.0, "--reload-drain-timeout", help="A weight swap waits this long for in-flight work."
+    ),
+    hold_timeout: float = typer.Option(
+        60.0, "--hold-timeout", help="Requests during a weight swap wait this long, then 503."
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Serve one model: /v1/chat/completions, /v1/completions, /v1/models, /health, /ready."""
@@ -54,6 +63,9 @@ def serve(
         max_model_len=max_model_len,
         max_batch_size=max_batch_size,
         threads=threads or default_threads(device),
+        stall_timeout=stall_timeout,
+        reload_drain_timeout=reload_drain_timeout,
+        hold_timeout=hold_timeout,
     )
     code = run(config, host=host, port=port, drain_timeout=drain_timeout, log_level=log_level)
     if code:

@@ -22,6 +22,14 @@ def serve(
             help="all (one process), or one of api, gateway, worker (many, in front of PostgreSQL)",
         ),
     ] = "all",
+    placement: Annotated[
+        str | None,
+        typer.Option("--placement", help="local (default) or ray; env TURNOUT_PLACEMENT"),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster address; env TURNOUT_RAY_ADDRESS"),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Run Turnout: /management/v1, /admin/v1, the /v1 gateway and the background workers."""
@@ -38,6 +46,16 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = load_settings(data_dir)
+    overrides: dict[str, object] = {}
+    if placement is not None:
+        if placement not in ("local", "ray"):
+            raise typer.BadParameter("--placement must be local or ray")
+        overrides["placement"] = placement
+    if ray_address is not None:
+        overrides["ray_address"] = ray_address
+    if not settings.advertise_url:
+        overrides["advertise_url"] = f"http://{host}:{port}"
+    settings = settings.model_copy(update=overrides)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_server_app(settings, chosen)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)

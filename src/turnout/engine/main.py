@@ -84,6 +84,24 @@ def parser() -> argparse.ArgumentParser:
         "--drain-timeout", type=float, default=30.0, help="Seconds in-flight requests get."
     )
     serve.add_argument("--threads", type=int, help="torch CPU threads (default: cores - 1).")
+    serve.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        help="/health answers 503 once work waits this long without a finished step.",
+    )
+    serve.add_argument(
+        "--reload-drain-timeout",
+        type=float,
+        default=30.0,
+        help="A weight swap waits this long for in-flight requests.",
+    )
+    serve.add_argument(
+        "--hold-timeout",
+        type=float,
+        default=60.0,
+        help="Requests arriving during a weight swap wait this long before a 503.",
+    )
     serve.add_argument("--log-level", default="info")
     return root
 
@@ -101,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_model_len=args.max_model_len,
         max_batch_size=args.max_batch_size,
         threads=args.threads or default_threads(device),
+        stall_timeout=args.stall_timeout,
+        reload_drain_timeout=args.reload_drain_timeout,
+        hold_timeout=args.hold_timeout,
     )
     return run(
         config,

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Final
 
 from turnout.errors import ConfigError
-from turnout.placement.base import BUILTIN_ENGINE, EngineCommand
+from turnout.placement.base import BUILTIN_ENGINE, EngineCommand, ReplicaSpec
 
 BUILTIN_ENGINES: Final[Mapping[str, EngineCommand]] = MappingProxyType({
     "builtin": BUILTIN_ENGINE,
@@ -39,7 +39,42 @@ BUILTIN_ENGINES: Final[Mapping[str, EngineCommand]] = MappingProxyType({
     ),
 })  # fmt: skip
 
-PLACEHOLDERS: Final = frozenset({"model_dir", "port", "host", "served_name", "device", "python"})
+PLACEHOLDERS: Final = frozenset(
+    {
+        "model_dir",
+        "port",
+        "host",
+        "served_name",
+        "device",
+        "python",
+        "gpus",
+        "tensor_parallel_size",
+        "max_model_len",
+        "dtype",
+    }
+)
+
+
+def render_argv(
+    spec: ReplicaSpec, *, model_dir: Path, host: str, port: int, python: str
+) -> list[str]:
+    """The engine's argv for one replica; ``model_dir`` is where the weights are on its node."""
+    values = {
+        "python": python,
+        "model_dir": str(model_dir),
+        "port": str(port),
+        "host": host,
+        "served_name": spec.served_name,
+        "device": spec.device,
+        "gpus": str(spec.gpus),
+        "tensor_parallel_size": str(max(1, spec.gpus)),
+        "max_model_len": str(spec.max_model_len),
+        "dtype": spec.dtype,
+    }
+    try:
+        return [arg.format_map(values) for arg in spec.engine.argv]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"bad engine argv template {spec.engine.argv!r}: {exc}") from exc
 
 
 class EngineCatalog:

@@ -1,4 +1,8 @@
-"""Local placement: each replica is an engine subprocess on a free loopback port.
+"""Local placement: each replica is an engine subprocess of this machine on a free port.
+
+GPUs: the placement is given the machine's GPU ids (``TURNOUT_GPUS`` or NVML) and hands each
+replica its own, never overlapping another live replica's, as ``CUDA_VISIBLE_DEVICES``; a
+replica that needs more than are free is refused with :class:`NoCapacity`.
 
 One supervisor task per replica watches its process: it marks the replica READY once the
 engine's ready path answers 200, restarts it on the same port after a crash (with doubling
@@ -6,13 +10,15 @@ backoff), and marks it FAILED, with the last lines of its log as the error, when
 load or crashes too often. ``stop`` is a named sequence: DRAINING, SIGTERM, wait for the drain
 deadline, SIGKILL the engine's whole session, sweep leftovers.
 
-No orphans (see docs/placement.md for which mechanism covers which case):
+Replicas outlive the process that started them (see docs/placement.md):
 
-- every engine runs through a tiny shim that sets ``PR_SET_PDEATHSIG=SIGKILL`` and then
-  ``exec``s the engine, so the kernel kills it when its parent dies, SIGKILL included;
-- every engine leads a new session, so ``stop`` kills its whole tree, not just the leader;
-- every engine has a pid file (:mod:`turnout.placement.process`); :meth:`LocalPlacement.recover`
-  adopts live leftovers of a previous incarnation and kills the remains of dead ones.
+- every engine leads a new session, so a crash or kill -9 of Turnout leaves it serving, and
+  ``stop`` kills its whole tree, not just the leader;
+- every engine has a pid file (:mod:`turnout.placement.process`) with its argv, environment and
+  GPUs; :meth:`LocalPlacement.recover` adopts live replicas of a previous incarnation (and can
+  restart them after a crash) and kills the remains of dead ones;
+- only :meth:`close` with ``stop_replicas`` (an orderly stop of the all-in-one server) stops
+  them.
 
 This is the only module that starts processes or sends signals.
 """
@@ -32,7 +38,15 @@ from pathlib import Path
 import httpx
 
 from turnout.placement import process
-from turnout.placement.base import ReplicaHandle, ReplicaSpec, ReplicaStatus
+from turnout.placement.base import (
+    Capacity,
+    NoCapacity,
+    NodeCapacity,
+    ReplicaHandle,
+    ReplicaSpec,
+    ReplicaStatus,
+)
+from turnout.placement.engines import render_argv
 from turnout.states import ReplicaState
 
 logger = logging.getLogger(__name__)
@@ -55,6 +69,13 @@ class LocalPlacementConfig:
     close_drain_timeout: float = 10.0  # drain deadline used by close()
     kill_wait: float = 10.0  # how long to wait for a SIGKILLed process to be reaped
     log_tail_lines: int = 20  # lines of the engine's log quoted in a FAILED error
+    #: This machine's GPU ids (TURNOUT_GPUS or NVML); empty: no GPUs.
+    gpu_ids: tuple[int, ...] = ()
+    #: The node name replicas report.
+    node: str = "local"
+    #: Engines die with this process (PDEATHSIG) instead of outliving it: for the engine a
+    #: Ray actor runs, whose lifetime is the actor's.
+    die_with_parent: bool = False
 
 
 @dataclass(eq=False)
@@ -66,7 +87,12 @@ class _Replica:
     log_path: Path
     ready_path: str
     labels: dict[str, str]
-    spec: ReplicaSpec | None  # None when adopted: an adopted replica is never restarted
+    #: What (re)starts it: kept in its pid file, so an adopted replica restarts the same way.
+    argv: list[str]
+    env: dict[str, str]
+    gpus: tuple[int, ...]
+    served_name: str
+    model_dir: str
     address: str = ""
     state: ReplicaState = ReplicaState.STARTING
     restarts: int = 0
@@ -81,8 +107,8 @@ class _Replica:
     supervisor: asyncio.Task[None] | None = None
     stopper: asyncio.Task[None] | None = None
 
-    def handle(self) -> ReplicaHandle:
-        return ReplicaHandle(self.replica_id, self.address, self.pid)
+    def handle(self, node: str) -> ReplicaHandle:
+        return ReplicaHandle(self.replica_id, self.address, self.pid, node, self.gpus)
 
 
 class LocalPlacement:
@@ -99,26 +125,59 @@ class LocalPlacement:
 
     # -- Placement protocol -------------------------------------------------------------
 
+    async def capacity(self) -> Capacity:
+        live = [r for r in self._replicas.values() if r.state not in _TERMINAL]
+        used = {g for r in live for g in r.gpus}
+        total = len(self._cfg.gpu_ids)
+        node = NodeCapacity(self._cfg.node, total, total - len(used), len(live))
+        return Capacity((node,))
+
     async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
         await self._check_can_start(spec.replica_id)
+        gpus = self._take_gpus(spec)
         self._logs_dir.mkdir(parents=True, exist_ok=True)
+        port = process.free_port(self._cfg.host, self._taken_ports())
+        # A bad template raises here, before any process.
+        argv = render_argv(
+            spec, model_dir=spec.model_dir, host=self._cfg.host, port=port, python=self._cfg.python
+        )
+        env = dict(spec.env)
+        if self._cfg.gpu_ids or gpus:
+            # Only its own GPUs: none at all for a CPU replica on a GPU machine.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         rep = _Replica(
             replica_id=spec.replica_id,
-            port=process.free_port(self._cfg.host, self._taken_ports()),
+            port=port,
             log_path=self._logs_dir / f"{spec.replica_id}.log",
             ready_path=spec.engine.ready_path,
             labels={"endpoint_id": spec.endpoint_id, "deployment_id": spec.deployment_id},
-            spec=spec,
+            argv=argv,
+            env=env,
+            gpus=gpus,
+            served_name=spec.served_name,
+            model_dir=str(spec.model_dir),
         )
         rep.address = f"http://{self._cfg.host}:{rep.port}"
         rep.labels["port"] = str(rep.port)
-        argv = self._argv(spec, rep.port)  # a bad template raises here, before any process
         self._replicas[spec.replica_id] = rep
-        if await self._spawn(rep, argv):
+        if await self._spawn(rep):
             rep.supervisor = asyncio.create_task(
                 self._supervise(rep), name=f"supervise-{rep.replica_id}"
             )
-        return rep.handle()
+        return rep.handle(self._cfg.node)
+
+    def _take_gpus(self, spec: ReplicaSpec) -> tuple[int, ...]:
+        """The lowest free GPU ids for ``spec``; NoCapacity when too few are free."""
+        if spec.gpus <= 0:
+            return ()
+        used = {g for r in self._replicas.values() if r.state not in _TERMINAL for g in r.gpus}
+        free = [g for g in self._cfg.gpu_ids if g not in used]
+        if len(free) < spec.gpus:
+            raise NoCapacity(
+                f"replica {spec.replica_id} needs {spec.gpus} GPU(s); {len(free)} of "
+                f"{len(self._cfg.gpu_ids)} are free on {self._cfg.node} (TURNOUT_GPUS or NVML)"
+            )
+        return tuple(free[: spec.gpus])
 
     async def probe(self, handle: ReplicaHandle) -> ReplicaStatus:
         rep = self._replicas.get(handle.replica_id)
@@ -132,7 +191,7 @@ class LocalPlacement:
         if rep.state is ReplicaState.STARTING and not self._closing:
             await self._check_ready(rep)  # answer promptly, not at the next supervisor poll
         return ReplicaStatus(
-            rep.handle(),
+            rep.handle(self._cfg.node),
             rep.state,
             restarts=rep.restarts,
             error=rep.error,
@@ -151,15 +210,20 @@ class LocalPlacement:
     async def list_alive(self) -> list[ReplicaHandle]:
         # Adopting here lets a caller that only knows the Protocol see (and stop) leftovers.
         await self.recover()
-        return [rep.handle() for rep in self._replicas.values() if rep.state not in _TERMINAL]
+        node = self._cfg.node
+        return [r.handle(node) for r in self._replicas.values() if r.state not in _TERMINAL]
 
-    async def close(self) -> None:
+    async def close(self, *, stop_replicas: bool = True) -> None:
         self._closing = True
-        live = [rep.handle() for rep in self._replicas.values() if rep.state not in _TERMINAL]
-        logger.info("closing local placement: stopping %d replica(s)", len(live))
-        await asyncio.gather(
-            *(self.stop(h, drain_timeout=self._cfg.close_drain_timeout) for h in live)
-        )
+        node = self._cfg.node
+        live = [r.handle(node) for r in self._replicas.values() if r.state not in _TERMINAL]
+        if stop_replicas:
+            logger.info("closing local placement: stopping %d replica(s)", len(live))
+            await asyncio.gather(
+                *(self.stop(h, drain_timeout=self._cfg.close_drain_timeout) for h in live)
+            )
+        else:
+            logger.info("closing local placement: %d replica(s) keep serving", len(live))
         for rep in self._replicas.values():
             await _cancel(rep.supervisor)
         if self._client is not None:
@@ -218,7 +282,11 @@ class LocalPlacement:
                 "port": str(rec.port),
                 "adopted": "true",
             },
-            spec=None,
+            argv=list(rec.argv),
+            env=dict(rec.env),
+            gpus=tuple(rec.gpus),
+            served_name=rec.served_name,
+            model_dir=rec.model_dir,
             address=rec.address,
             pid=rec.pid,
             start_ticks=rec.start_ticks,
@@ -230,7 +298,7 @@ class LocalPlacement:
             self._supervise(rep), name=f"supervise-{rep.replica_id}"
         )
         logger.info("adopted replica %s (pid %d) at %s", rep.replica_id, rec.pid, rep.address)
-        return rep.handle()
+        return rep.handle(self._cfg.node)
 
     # -- Processes ----------------------------------------------------------------------
 
@@ -238,38 +306,26 @@ class LocalPlacement:
         # A port of a RESTARTING replica is free in the kernel but promised to its restart.
         return {r.port for r in self._replicas.values() if r.state not in _TERMINAL}
 
-    def _argv(self, spec: ReplicaSpec, port: int) -> list[str]:
-        values = {
-            "python": self._cfg.python,
-            "model_dir": str(spec.model_dir),
-            "port": str(port),
-            "host": self._cfg.host,
-            "served_name": spec.served_name,
-            "device": spec.device,
-        }
-        try:
-            return [arg.format_map(values) for arg in spec.engine.argv]
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"bad engine argv template {spec.engine.argv!r}: {exc}") from exc
-
-    async def _spawn(self, rep: _Replica, argv: list[str]) -> bool:
+    async def _spawn(self, rep: _Replica) -> bool:
         """Start one process for ``rep``; on an OS error mark it FAILED and return False."""
-        assert rep.spec is not None  # only replicas started here are (re)spawned
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(rep.spec.env)}
-        shim = [self._cfg.python, "-I", "-S", "-c", process.START_SHIM, str(os.getpid())]
+        argv = rep.argv
+        if self._cfg.die_with_parent:
+            argv = [self._cfg.python, "-I", "-S", "-c", process.DIE_WITH_PARENT, str(os.getpid())]
+            argv += rep.argv
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **rep.env}
         with rep.log_path.open("ab") as log:
-            log.write(f"--- turnout: starting {rep.replica_id}: {' '.join(argv)}\n".encode())
+            log.write(f"--- turnout: starting {rep.replica_id}: {' '.join(rep.argv)}\n".encode())
             log.flush()
             rep.log_offset = log.tell()
             try:
                 rep.proc = await asyncio.create_subprocess_exec(
-                    *shim,
                     *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     env=env,
-                    start_new_session=True,  # its own session: stop kills the whole tree
+                    # Its own session: it outlives us, and stop kills its whole tree.
+                    start_new_session=True,
                 )
             except OSError as exc:
                 self._fail(rep, f"could not start {argv[0]!r}: {exc}")
@@ -279,11 +335,11 @@ class LocalPlacement:
         rep.start_ticks = None if stat is None else stat.start_ticks
         rep.state = ReplicaState.STARTING
         rep.ready_since = None
-        process.write_record(self._records_dir, self._record(rep, rep.spec))
+        process.write_record(self._records_dir, self._record(rep))
         logger.info("replica %s started: pid %d at %s", rep.replica_id, rep.pid, rep.address)
         return True
 
-    def _record(self, rep: _Replica, spec: ReplicaSpec) -> process.ReplicaRecord:
+    def _record(self, rep: _Replica) -> process.ReplicaRecord:
         assert rep.pid is not None
         return process.ReplicaRecord(
             replica_id=rep.replica_id,
@@ -294,10 +350,13 @@ class LocalPlacement:
             ready_path=rep.ready_path,
             log_path=str(rep.log_path),
             log_offset=rep.log_offset,
-            endpoint_id=spec.endpoint_id,
-            deployment_id=spec.deployment_id,
-            served_name=spec.served_name,
-            model_dir=str(spec.model_dir),
+            endpoint_id=rep.labels["endpoint_id"],
+            deployment_id=rep.labels["deployment_id"],
+            served_name=rep.served_name,
+            model_dir=rep.model_dir,
+            argv=list(rep.argv),
+            env=dict(rep.env),
+            gpus=list(rep.gpus),
         )
 
     def _running(self, rep: _Replica) -> bool:
@@ -391,9 +450,8 @@ class LocalPlacement:
         if rep.ready_since is not None and loop_time - rep.ready_since >= self._cfg.stable_after:
             rep.crash_streak = 0
         rep.crash_streak += 1
-        if rep.spec is None:
-            reason = f"adopted replica {rep.replica_id} {how}"
-        elif rep.restarts == 0 and rep.ready_since is None:
+        adopted = rep.labels.get("adopted") == "true"
+        if rep.restarts == 0 and rep.ready_since is None and not adopted:
             reason = f"replica {rep.replica_id} {how} before becoming ready"
         elif rep.crash_streak > self._cfg.max_restarts:
             reason = f"replica {rep.replica_id} {how}; {rep.crash_streak} crashes in a row"
@@ -405,7 +463,6 @@ class LocalPlacement:
         return False
 
     async def _restart(self, rep: _Replica, how: str) -> None:
-        assert rep.spec is not None
         rep.state = ReplicaState.RESTARTING
         rep.restarts += 1
         delay = min(
@@ -418,7 +475,7 @@ class LocalPlacement:
         self._sweep_session(rep.pid, rep.start_ticks)
         await asyncio.sleep(delay)
         if not (rep.stopping or self._closing):
-            await self._spawn(rep, self._argv(rep.spec, rep.port))
+            await self._spawn(rep)
 
     def _fail(self, rep: _Replica, error: str) -> None:
         rep.state = ReplicaState.FAILED

@@ -8,8 +8,8 @@ A pid alone is not an identity: the kernel reuses pids. Each record therefore ca
 process start time (field 22 of ``/proc/<pid>/stat``, in clock ticks since boot); a pid whose
 start time differs is another process and is never signalled.
 
-This module only reads files and /proc (and holds the start shim's source text); starting
-and signalling processes lives in :mod:`turnout.placement.local`.
+This module only reads files and /proc; starting and signalling processes lives in
+:mod:`turnout.placement.local`.
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ logger = logging.getLogger(__name__)
 
 _PROC = Path("/proc")
 
-# The code every engine is started through, run by local.py as
-# `python -I -S -c START_SHIM <parent pid> <argv...>`. It sets the parent-death signal and
-# execs the engine. -I -S keep it fast and immune to the caller's PYTHON* variables (the
-# engine still gets the full environment after exec). A shim rather than preexec_fn, because
-# preexec_fn is unsafe in a process with threads.
-START_SHIM = """\
+
+# For engines that must not outlive their starter (an engine run by a Ray actor dies with the
+# actor, and so frees its node's GPUs): run as `python -I -S -c DIE_WITH_PARENT <parent pid>
+# <argv...>`, it sets the parent-death signal and execs the engine. A shim rather than
+# preexec_fn, because preexec_fn is unsafe in a process with threads.
+DIE_WITH_PARENT = """\
 import ctypes, os, signal, sys
 try:
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PDEATHSIG
 except (AttributeError, OSError):
-    pass  # not Linux: pid files and recover() still cover a dead parent
+    pass
 if os.getppid() != int(sys.argv[1]):
     os._exit(1)  # the parent died before prctl took effect: the signal will never come
 try:
@@ -148,6 +148,10 @@ class ReplicaRecord:
     deployment_id: str
     served_name: str
     model_dir: str
+    #: How to start it again (argv, the environment it got beyond Turnout's own, its GPUs).
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    gpus: list[int] = field(default_factory=list)
     # The Turnout process that started it: by default, this one.
     owner_pid: int = field(default_factory=os.getpid)
     owner_start_ticks: int | None = field(default_factory=own_start_ticks)

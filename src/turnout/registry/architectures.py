@@ -20,6 +20,8 @@ class ServingDefaults:
     replicas: int = 1
     max_model_len: int = 2048
     dtype: str = "auto"
+    #: GPUs one replica needs (its tensor-parallel size); 0 for the CPU-sized shapes.
+    gpus_per_replica: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,7 @@ BUILTIN_ARCHITECTURES: Final[tuple[Architecture, ...]] = (
     _arch(
         "llama3.1-8b",
         "Meta Llama 3.1 8B.",
-        ServingDefaults(engine="vllm", max_model_len=8192, dtype="bfloat16"),
+        ServingDefaults(engine="vllm", max_model_len=8192, dtype="bfloat16", gpus_per_replica=1),
         model_type="llama",
         hidden_size=4096,
         intermediate_size=14336,
@@ -127,7 +129,7 @@ BUILTIN_ARCHITECTURES: Final[tuple[Architecture, ...]] = (
     _arch(
         "llama-3.3-70b",
         "Meta Llama 3.3 70B.",
-        ServingDefaults(engine="vllm", max_model_len=8192, dtype="bfloat16"),
+        ServingDefaults(engine="vllm", max_model_len=8192, dtype="bfloat16", gpus_per_replica=4),
         model_type="llama",
         hidden_size=8192,
         intermediate_size=28672,
@@ -140,7 +142,7 @@ BUILTIN_ARCHITECTURES: Final[tuple[Architecture, ...]] = (
     _arch(
         "qwen-3-32b",
         "Qwen3 32B.",
-        ServingDefaults(engine="vllm", max_model_len=8192, dtype="bfloat16"),
+        ServingDefaults(engine="vllm", max_model_len=8192, dtype="bfloat16", gpus_per_replica=2),
         model_type="qwen3",
         hidden_size=5120,
         intermediate_size=25600,
@@ -158,3 +160,11 @@ _BY_ID: Final = {a.arch_id: a for a in BUILTIN_ARCHITECTURES}
 
 def get_architecture(arch_id: str) -> Architecture | None:
     return _BY_ID.get(arch_id)
+
+
+def gpus_per_replica(arch_id: str, override: int | None) -> int:
+    """An endpoint's GPUs per replica: its own setting, else its architecture's default."""
+    if override is not None:
+        return override
+    arch = get_architecture(arch_id)
+    return arch.serving.gpus_per_replica if arch else 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -31,6 +32,7 @@ from typing import Final
 #: Read size for hashing; large enough that hashlib (which releases the GIL) dominates.
 _CHUNK: Final = 4 * 2**20
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
 
 
 class StagingBusy(Exception):
@@ -55,6 +57,15 @@ class Manifest:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+    def to_json(self) -> str:
+        files = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files]
+        return json.dumps({"digest": f"sha256:{self.hexdigest}", "files": files})
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw = json.loads(text)
+        return cls(tuple(FileEntry(f["path"], int(f["size"]), f["sha256"]) for f in raw["files"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +111,22 @@ class WeightStore:
     def path_for(self, hexdigest: str) -> Path:
         return self.published_root / hexdigest
 
+    def manifest(self, hexdigest: str) -> Manifest:
+        """The published directory's manifest (its files' names, sizes and sha256), kept
+        beside it at publication; computed once for directories published before that."""
+        if not _HEX64.fullmatch(hexdigest) or not self.path_for(hexdigest).is_dir():
+            raise FileNotFoundError(f"no published weights with digest sha256:{hexdigest}")
+        saved = self.published_root / f"{hexdigest}.manifest.json"
+        try:
+            return Manifest.from_json(saved.read_text())
+        except (OSError, ValueError, KeyError):
+            pass
+        manifest = hash_model_dir(self.path_for(hexdigest))
+        if manifest.hexdigest != hexdigest:
+            raise ValueError(f"weights sha256:{hexdigest} no longer match their digest")
+        _write_atomically(saved, manifest.to_json())
+        return manifest
+
     def staging_for(self, job_id: str) -> Staging:
         return Staging(self.staging_root / safe_job_name(job_id))
 
@@ -141,6 +168,9 @@ class WeightStore:
         # The directory is made read-only only after the rename: Linux needs write permission
         # on a directory to move it to another parent (its ".." entry changes).
         target.chmod(0o555)
+        _write_atomically(
+            self.published_root / f"{manifest.hexdigest}.manifest.json", manifest.to_json()
+        )
         _fsync_dir(self.published_root)
         remove_tree(staging.root)
         return target
@@ -195,3 +225,9 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     except FileNotFoundError:
         pass
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

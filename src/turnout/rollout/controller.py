@@ -24,11 +24,11 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 
-from turnout.placement.base import Placement, ReplicaHandle
+from turnout.placement.base import NoCapacity, Placement, ReplicaHandle
 from turnout.rollout.replicas import GateConfig, GateFailed, Replicas
-from turnout.rollout.runner import GONE, Rollout, RolloutConfig, RolloutContext
+from turnout.rollout.runner import Rollout, RolloutConfig, RolloutContext
 from turnout.routing.feed import RoutingFeed
-from turnout.states import ACTIVE, ReplicaState
+from turnout.states import ACTIVE, REPLICA_GONE, ReplicaState
 from turnout.store import deployments, endpoints, replicas, versions
 from turnout.store.db import Database
 from turnout.store.records import Deployment, Endpoint, Replica
@@ -70,6 +70,8 @@ class RolloutController:
                 config.probe_interval,
                 config.stop_timeout,
                 config.device,
+                config.weights_url,
+                config.internal_token,
             ),
         )
         self.context = RolloutContext(db, self.replicas, feed, config)
@@ -174,33 +176,34 @@ class RolloutController:
     async def _record_gone(
         self, rows: list[Replica], alive: dict[str, ReplicaHandle]
     ) -> list[Replica]:
-        """Store what the placement says of each replica (crashed, restarting, failed, gone);
-        the rows as they are now."""
+        """Store what the placement says of each replica (crashed, restarting, failed, lost
+        with its node or process); the rows as they are now."""
         now = []
         for row in rows:
-            state, error = await self._observed(row, alive)
-            if state is not row.state:
-                await self.replicas.set_state(row, state, error)
-                row = replace(row, state=state, error=error)
+            if row.state in REPLICA_GONE or row.state is ReplicaState.DRAINING:
+                now.append(row)
+                continue
+            handle = self.replicas.handles.get(row.id)
+            if handle is None and row.id not in alive:
+                # Lost with a previous worker or its node: nothing runs it any more.
+                error = "its process or node is gone (found at reconcile)"
+                await self.replicas.set_state(row, ReplicaState.LOST, error)
+                now.append(replace(row, state=ReplicaState.LOST, error=error))
+                continue
+            status = await self.placement.probe(handle or alive[row.id])
+            state = status.state
+            if state is ReplicaState.READY and row.state is ReplicaState.STARTING:
+                state = row.state  # only a rollout's gates (warm-up included) make it ready
+            if (state, status.restarts, status.handle.node, status.handle.address) != (
+                row.state,
+                row.restarts,
+                row.node,
+                row.address,
+            ):
+                await self.replicas.record(row, replace(status, state=state))
+                row = replace(row, state=state, error=status.error, restarts=status.restarts)
             now.append(row)
         return now
-
-    async def _observed(
-        self, row: Replica, alive: dict[str, ReplicaHandle]
-    ) -> tuple[ReplicaState, str | None]:
-        if row.state in GONE or row.state is ReplicaState.DRAINING:
-            return row.state, row.error
-        handle = self.replicas.handles.get(row.id)
-        if handle is None:
-            if row.id in alive:
-                return row.state, row.error
-            # Lost with a previous worker: nothing runs it any more.
-            return ReplicaState.STOPPED, "its process is gone (found at reconcile)"
-        status = await self.placement.probe(handle)
-        if status.state is ReplicaState.READY and row.state is ReplicaState.STARTING:
-            # Only a rollout's gates (the warm-up included) make a replica ready.
-            return row.state, row.error
-        return status.state, status.error
 
     async def _retire(self, rows: list[Replica]) -> None:
         """Take unwanted replicas out of routing, let their requests finish, stop them."""
@@ -221,48 +224,54 @@ class RolloutController:
         if backoff is not None and time.monotonic() < backoff.retry_at:
             return False
         mine = [r for r in rows if r.deployment_id == serving]
-        gone = [r for r in mine if r.state in GONE]
+        gone = [r for r in mine if r.state in REPLICA_GONE]
         return bool(gone) or endpoint.replicas > len(mine)
 
     async def _heal(self, endpoint: Endpoint) -> None:
-        """Replace the serving deployment's failed or missing replicas."""
+        """Replace the serving deployment's failed, lost or missing replicas; when that fails
+        (no capacity, a replacement that does not start), say why on the endpoint and retry
+        after a doubling wait."""
         deployment_id = endpoint.serving_deployment_id
         assert deployment_id is not None
         async with self.db.session() as s:
             deployment = await deployments.get_deployment(s, deployment_id)
             mine = await replicas.list_replicas(s, deployment_id=deployment_id)
             version = await versions.get_version_by_pk(s, deployment.version_id)
-        await self.replicas.stop([r for r in mine if r.state in GONE])
+        await self.replicas.stop([r for r in mine if r.state in REPLICA_GONE])
         if version is None or not version.weight_path:
             return
-        live = [r for r in mine if r.state not in GONE]
+        live = [r for r in mine if r.state not in REPLICA_GONE]
         missing = endpoint.replicas - len(live)
         log.info("endpoint %s: starting %d replacement replica(s)", endpoint.endpoint_id, missing)
-        for _ in range(missing):
-            handle = await self.replicas.start(deployment, endpoint, version.weight_path)
+        for done in range(missing):
+            short = f"{missing - done} of {endpoint.replicas} replica(s) missing"
+            try:
+                handle = await self.replicas.start(deployment, endpoint, version)
+            except NoCapacity as exc:
+                await self._heal_failed(endpoint, f"{short}: no capacity: {exc.reason}")
+                return
             try:
                 await self.replicas.gate([handle], endpoint.endpoint_id)
             except GateFailed as exc:
-                await self._heal_failed(endpoint, handle, exc)
+                await self.replicas.mark([handle.replica_id], ReplicaState.FAILED, exc.message)
+                await self._heal_failed(endpoint, f"{short}: replacement failed: {exc.message}")
                 return
             await self.replicas.mark([handle.replica_id], ReplicaState.READY)
             await self.feed.publish()
         self._heal_backoff.pop(endpoint.endpoint_id, None)
+        await self._set_problem(endpoint.endpoint_id, None)
 
-    async def _heal_failed(
-        self, endpoint: Endpoint, handle: ReplicaHandle, exc: GateFailed
-    ) -> None:
+    async def _heal_failed(self, endpoint: Endpoint, problem: str) -> None:
         backoff = self._heal_backoff.setdefault(endpoint.endpoint_id, _Backoff())
         backoff.failures += 1
         wait = min(
             self.config.heal_backoff * 2 ** (backoff.failures - 1), self.config.heal_backoff_max
         )
         backoff.retry_at = time.monotonic() + wait
-        log.warning(
-            "endpoint %s: replacement %s failed (%s); retrying in %.0f s",
-            endpoint.endpoint_id,
-            handle.replica_id,
-            exc.message,
-            wait,
-        )
-        await self.replicas.mark([handle.replica_id], ReplicaState.FAILED, exc.message)
+        message = f"{problem}; retrying in {wait:.0f} s"
+        log.warning("endpoint %s: %s", endpoint.endpoint_id, message)
+        await self._set_problem(endpoint.endpoint_id, message)
+
+    async def _set_problem(self, endpoint_id: str, problem: str | None) -> None:
+        async with self.db.session() as s:
+            await endpoints.set_replica_problem(s, endpoint_id, problem)

@@ -15,12 +15,19 @@ from pathlib import Path
 
 import httpx
 
-from turnout.placement.base import Placement, ReplicaHandle, ReplicaSpec
+from turnout.placement.base import (
+    Placement,
+    ReplicaHandle,
+    ReplicaSpec,
+    ReplicaStatus,
+    WeightSource,
+)
 from turnout.placement.engines import EngineCatalog
-from turnout.states import ReplicaState
+from turnout.registry.architectures import ServingDefaults, get_architecture, gpus_per_replica
+from turnout.states import REPLICA_GONE, ReplicaState
 from turnout.store import replicas as rows
 from turnout.store.db import Database
-from turnout.store.records import Deployment, Endpoint, Replica
+from turnout.store.records import Deployment, Endpoint, ModelVersion, Replica
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,14 @@ class GateConfig:
     probe_interval: float
     stop_timeout: float
     device: str
+    #: The control plane's URL as nodes reach it and the internal token, so replicas on nodes
+    #: without the weight store can fetch their weights; None: nodes share this filesystem.
+    weights_url: str | None = None
+    internal_token: str = ""
+
+
+def endpoint_gpus(endpoint: Endpoint) -> int:
+    return gpus_per_replica(endpoint.arch_id, endpoint.gpus_per_replica)
 
 
 class Replicas:
@@ -54,28 +69,51 @@ class Replicas:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def start(
-        self, deployment: Deployment, endpoint: Endpoint, weight_path: str
-    ) -> ReplicaHandle:
-        """Start one replica of ``deployment`` under a new id (ids are never reused, so logs
-        and events of a replaced replica stay its own)."""
-        replica_id = f"{endpoint.endpoint_id}-{deployment.id[:8]}-{secrets.token_hex(3)}"
-        spec = ReplicaSpec(
-            replica_id=replica_id,
+    def spec(
+        self, deployment: Deployment, endpoint: Endpoint, version: ModelVersion
+    ) -> ReplicaSpec:
+        """What to start for one replica of ``deployment``, under a new id (ids are never
+        reused, so logs and events of a replaced replica stay its own)."""
+        assert version.weight_path and version.digest
+        arch = get_architecture(endpoint.arch_id)
+        serving = arch.serving if arch else ServingDefaults()
+        weights = None
+        if self.config.weights_url:
+            weights = WeightSource(
+                version.digest, self.config.weights_url, self.config.internal_token
+            )
+        return ReplicaSpec(
+            replica_id=f"{endpoint.endpoint_id}-{deployment.id[:8]}-{secrets.token_hex(3)}",
             endpoint_id=endpoint.endpoint_id,
             deployment_id=deployment.id,
-            model_dir=Path(weight_path),
+            model_dir=Path(version.weight_path),
             served_name=endpoint.endpoint_id,
             engine=self.config.engines.command(endpoint.engine),
             device=self.config.device,
+            gpus=endpoint_gpus(endpoint),
+            max_model_len=serving.max_model_len,
+            dtype=serving.dtype,
+            weights=weights,
         )
+
+    async def start(
+        self, deployment: Deployment, endpoint: Endpoint, version: ModelVersion
+    ) -> ReplicaHandle:
+        """Start one replica: its row first (so a crash in between leaves a row to reconcile),
+        then the process. :class:`NoCapacity` from the placement removes the row again."""
+        spec = self.spec(deployment, endpoint, version)
         await self._save(
             spec.replica_id, spec.endpoint_id, spec.deployment_id, ReplicaState.STARTING
         )
-        handle = await self.placement.start(spec)
-        self.handles[replica_id] = handle
+        try:
+            handle = await self.placement.start(spec)
+        except BaseException:
+            async with self.db.session() as s:
+                await rows.forget_replica(s, spec.replica_id)
+            raise
+        self.handles[spec.replica_id] = handle
         await self._save(
-            replica_id, spec.endpoint_id, spec.deployment_id, ReplicaState.STARTING, handle
+            spec.replica_id, spec.endpoint_id, spec.deployment_id, ReplicaState.STARTING, handle
         )
         return handle
 
@@ -87,6 +125,8 @@ class Replicas:
         state: ReplicaState,
         handle: ReplicaHandle | None = None,
         error: str | None = None,
+        detail: str | None = None,
+        restarts: int | None = None,
     ) -> None:
         async with self.db.session() as s:
             await rows.upsert_replica(
@@ -97,13 +137,39 @@ class Replicas:
                 state=state,
                 address=handle.address if handle else None,
                 pid=handle.pid if handle else None,
+                node=handle.node if handle else None,
+                gpus=handle.gpus if handle else None,
                 error=error,
+                detail=detail,
+                restarts=restarts,
             )
 
     async def set_state(
         self, replica: Replica, state: ReplicaState, error: str | None = None
     ) -> None:
         await self._save(replica.id, replica.endpoint_id, replica.deployment_id, state, error=error)
+
+    async def record(self, replica: Replica, status: ReplicaStatus) -> None:
+        """Store what the placement reports of a replica (state, node, GPUs, progress)."""
+        await self._save(
+            replica.id,
+            replica.endpoint_id,
+            replica.deployment_id,
+            status.state,
+            status.handle,
+            status.error,
+            status.detail,
+            status.restarts,
+        )
+
+    async def _save_detail(self, replica_id: str, status: ReplicaStatus) -> None:
+        async with self.db.session() as s:
+            row = next((r for r in await rows.list_replicas(s) if r.id == replica_id), None)
+        if row is not None:
+            await self._save(
+                row.id, row.endpoint_id, row.deployment_id, row.state, status.handle,
+                row.error, status.detail,
+            )  # fmt: skip
 
     async def mark(
         self, replica_ids: Collection[str], state: ReplicaState, error: str | None = None
@@ -121,19 +187,26 @@ class Replicas:
     ) -> None:
         """Wait until every replica is ready, then run one warm-up generation on each.
 
-        ``still_wanted`` is awaited between probes and raises to abandon the wait (a cancel).
+        What the placement reports meanwhile (its address once known, weight-fetch progress)
+        is stored on the replica's row. ``still_wanted`` is awaited between probes and raises
+        to abandon the wait (a cancel).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.ready_timeout
         pending = {h.replica_id: h for h in handles}
+        seen: dict[str, tuple[str, str | None]] = {}
         while pending:
             if still_wanted is not None:
                 await still_wanted()
             for replica_id, handle in list(pending.items()):
                 status = await self.placement.probe(handle)
+                if (status.handle.address, status.detail) != seen.get(replica_id):
+                    seen[replica_id] = (status.handle.address, status.detail)
+                    self.handles[replica_id] = status.handle
+                    await self._save_detail(replica_id, status)
                 if status.state is ReplicaState.READY:
                     del pending[replica_id]
-                elif status.state in (ReplicaState.FAILED, ReplicaState.STOPPED):
+                elif status.state in REPLICA_GONE:
                     raise GateFailed(
                         "replica_failed",
                         f"replica {replica_id} failed to start: {status.error or status.state}",
@@ -147,7 +220,7 @@ class Replicas:
             if pending:
                 await asyncio.sleep(self.config.probe_interval)
         for handle in handles:
-            await self._warm_up(handle, served_name)
+            await self._warm_up(self.handles.get(handle.replica_id, handle), served_name)
 
     async def _warm_up(self, handle: ReplicaHandle, served_name: str) -> None:
         try:

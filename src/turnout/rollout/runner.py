@@ -15,11 +15,12 @@ import logging
 from dataclasses import dataclass, field
 
 from turnout.errors import NotFound
-from turnout.placement.base import ReplicaHandle
+from turnout.placement.base import NoCapacity, ReplicaHandle
 from turnout.placement.engines import EngineCatalog
-from turnout.rollout.replicas import GateFailed, Replicas
+from turnout.rollout.replicas import GateFailed, Replicas, endpoint_gpus
 from turnout.routing.feed import RoutingFeed
 from turnout.states import (
+    REPLICA_GONE,
     SWITCHED_STEPS,
     TERMINAL,
     DeploymentState,
@@ -31,12 +32,18 @@ from turnout.states import (
 from turnout.store import deployments, endpoints, replicas, versions
 from turnout.store.db import Database
 from turnout.store.deployments import LostRace
-from turnout.store.records import Deployment, Endpoint, Replica
+from turnout.store.records import Deployment, Endpoint, ModelVersion, Replica
 
 log = logging.getLogger(__name__)
 
 S = DeploymentState
-GONE = (ReplicaState.FAILED, ReplicaState.STOPPED)
+
+
+@dataclass(frozen=True, slots=True)
+class _Room:
+    surge: bool
+    #: Why there is no room to surge (for the event), else "".
+    why: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +54,13 @@ class RolloutConfig:
     stop_timeout: float = 15.0
     probe_interval: float = 0.2
     device: str = "cpu"
-    #: Replicas the placement can run at once (0: no limit). Decides surge vs rolling.
+    #: Replicas the placement may run at once (0: no limit); with GPU capacity, decides surge
+    #: vs rolling.
     max_replicas: int = 0
+    #: The control plane's URL as nodes reach it, for replicas that fetch their weights
+    #: (None: every node reads the weight store directly), and the internal route's token.
+    weights_url: str | None = None
+    internal_token: str = ""
     #: First wait before replacing a serving replica again after a failed replacement;
     #: doubles per failure up to ``heal_backoff_max``.
     heal_backoff: float = 5.0
@@ -95,11 +107,12 @@ class Rollout:
             if deployment.step in SWITCHED_STEPS:  # a worker died after the switch
                 await self._finish(deployment, "finishing the drain after a worker restart")
                 return
-            endpoint, weight_path = await self._begin(deployment)
-            if await self._must_roll(endpoint):
-                await self._rolling(deployment, endpoint, weight_path)
+            endpoint, version = await self._begin(deployment)
+            room = await self._room(endpoint)
+            if room.surge:
+                await self._surge(deployment, endpoint, version)
             else:
-                await self._surge(deployment, endpoint, weight_path)
+                await self._rolling(deployment, endpoint, version, room.why)
             await self._complete()
         except RolloutAborted as exc:
             await self._abort(exc)
@@ -136,7 +149,7 @@ class Rollout:
 
     # -- steps ----------------------------------------------------------------------------
 
-    async def _begin(self, deployment: Deployment) -> tuple[Endpoint, str]:
+    async def _begin(self, deployment: Deployment) -> tuple[Endpoint, ModelVersion]:
         """Mark the deployment running (again, after a restart: its old replicas go first)."""
         if deployment.state is S.NOT_STARTED:
             await self._move(Event.START)
@@ -146,30 +159,50 @@ class Rollout:
         async with self.db.session() as s:
             endpoint = await endpoints.get_endpoint(s, deployment.endpoint_id)
             version = await versions.get_version_by_pk(s, deployment.version_id)
-        if version is None or not version.weight_path:
+        if version is None or not version.weight_path or not version.digest:
             raise RolloutAborted(
                 S.FAILED, "version_missing", f"{deployment.model_name} has no weights"
             )
-        return endpoint, version.weight_path
+        return endpoint, version
 
-    async def _must_roll(self, endpoint: Endpoint) -> bool:
-        """True when a full surge does not fit the placement's capacity."""
-        if not self.config.max_replicas:
-            return False
-        running = await self._running_replicas()
-        if len(running) + endpoint.replicas <= self.config.max_replicas:
-            return False
+    async def _room(self, endpoint: Endpoint) -> _Room:
+        """Surge when the placement has room for the whole new set next to the old one (GPUs
+        on some node for each replica, then TURNOUT_MAX_REPLICAS as a cap); else rolling."""
+        capacity = await self.replicas.placement.capacity()
+        gpus = endpoint_gpus(endpoint)
+        cap = self.config.max_replicas
+        if not capacity.fits(endpoint.replicas, gpus):
+            why = f"{endpoint.replicas} replica(s) of {gpus} GPU(s) do not fit ({capacity})"
+        elif cap and capacity.replicas + endpoint.replicas > cap:
+            why = f"{capacity.replicas} replica(s) run of TURNOUT_MAX_REPLICAS={cap}"
+        else:
+            return _Room(surge=True, why="")
         if endpoint.replicas > 1:
-            return True
+            return _Room(surge=False, why=why)
         raise RolloutAborted(
             S.FAILED,
             "no_capacity",
-            f"no room to start a replica next to the serving one ({len(running)} of "
-            f"TURNOUT_MAX_REPLICAS={self.config.max_replicas} run); "
-            "raise the limit or free a replica",
+            f"no room to start a replica next to the serving one: {why}; "
+            "free capacity or raise the limit",
         )
 
-    async def _surge(self, deployment: Deployment, endpoint: Endpoint, weight_path: str) -> None:
+    async def _has_room_for_one(self, endpoint: Endpoint) -> bool:
+        capacity = await self.replicas.placement.capacity()
+        cap = self.config.max_replicas
+        under_cap = not cap or capacity.replicas < cap
+        return under_cap and capacity.fits(1, endpoint_gpus(endpoint))
+
+    async def _start(
+        self, deployment: Deployment, endpoint: Endpoint, version: ModelVersion
+    ) -> ReplicaHandle:
+        try:
+            return await self.replicas.start(deployment, endpoint, version)
+        except NoCapacity as exc:
+            raise RolloutAborted(S.FAILED, "no_capacity", exc.reason) from exc
+
+    async def _surge(
+        self, deployment: Deployment, endpoint: Endpoint, version: ModelVersion
+    ) -> None:
         await self._step(
             Step.STARTING,
             f"surge: starting {endpoint.replicas} replica(s) of {deployment.model_name} "
@@ -177,28 +210,34 @@ class Rollout:
         )
         handles: list[ReplicaHandle] = []
         for _ in range(endpoint.replicas):
-            handles.append(await self.replicas.start(deployment, endpoint, weight_path))
+            handles.append(await self._start(deployment, endpoint, version))
         await self._step(Step.WARMING, "waiting for readiness and a warm-up")
         await self._gate_and_serve(endpoint, handles)
         await self._step(Step.WARMING, "all new replicas ready and warmed up")
         await self._switch(endpoint)
         await self._drain(await self._old_replicas(endpoint.endpoint_id))
 
-    async def _rolling(self, deployment: Deployment, endpoint: Endpoint, weight_path: str) -> None:
+    async def _rolling(
+        self, deployment: Deployment, endpoint: Endpoint, version: ModelVersion, why: str
+    ) -> None:
         await self._step(
             Step.ROLLING,
             f"rolling: replacing {endpoint.replicas} replica(s) one at a time "
-            f"(no room to surge under TURNOUT_MAX_REPLICAS={self.config.max_replicas})",
+            f"(no room to surge: {why})",
         )
         started = 0
         for _ in range(endpoint.replicas):
             await self._check_not_cancelled()
-            old = [r for r in await self._old_replicas(endpoint.endpoint_id) if r.state not in GONE]
-            if old and len(await self._running_replicas()) >= self.config.max_replicas:
-                # No spare slot: take one old replica out of rotation first.
+            old = [
+                r
+                for r in await self._old_replicas(endpoint.endpoint_id)
+                if r.state not in REPLICA_GONE
+            ]
+            if old and not await self._has_room_for_one(endpoint):
+                # No spare slot: take one old replica out of rotation first (frees its GPUs).
                 await self._drain(old[:1], Step.ROLLING)
                 old = old[1:]
-            handle = await self.replicas.start(deployment, endpoint, weight_path)
+            handle = await self._start(deployment, endpoint, version)
             started += 1
             await self._gate_and_serve(endpoint, [handle])
             if old and started + len(old) > endpoint.replicas:
@@ -310,7 +349,3 @@ class Rollout:
                 for r in await replicas.list_replicas(s, endpoint_id=endpoint_id)
                 if r.deployment_id != self.id
             ]
-
-    async def _running_replicas(self) -> list[Replica]:
-        async with self.db.session() as s:
-            return [r for r in await replicas.list_replicas(s) if r.state not in GONE]

@@ -145,6 +145,18 @@ async def list_deployments(
     return [_deployment(*row) for row in rows]
 
 
+async def version_numbers(session: AsyncSession, deployment_ids: Collection[str]) -> dict[str, int]:
+    """The version number each deployment puts on its endpoint."""
+    if not deployment_ids:
+        return {}
+    rows = await session.execute(
+        select(DeploymentRow.id, ModelVersionRow.version_number)
+        .join(ModelVersionRow, ModelVersionRow.id == DeploymentRow.version_id)
+        .where(DeploymentRow.id.in_(list(deployment_ids)))
+    )
+    return {deployment_id: number for deployment_id, number in rows}
+
+
 async def version_in_use(
     session: AsyncSession, version_pk: int, active_states: Collection[DeploymentState]
 ) -> str | None:

@@ -19,14 +19,23 @@ def _endpoint(row: EndpointRow, org_name: str) -> Endpoint:
         arch_id=row.arch_id,
         replicas=row.replicas,
         engine=row.engine,
+        gpus_per_replica=row.gpus_per_replica,
         serving_deployment_id=row.serving_deployment_id,
+        replica_problem=row.replica_problem,
         created=row.created,
         updated=row.updated,
     )
 
 
 async def create_endpoint(
-    session: AsyncSession, endpoint_id: str, org: Org, arch_id: str, *, replicas: int, engine: str
+    session: AsyncSession,
+    endpoint_id: str,
+    org: Org,
+    arch_id: str,
+    *,
+    replicas: int,
+    engine: str,
+    gpus_per_replica: int | None = None,
 ) -> Endpoint:
     if await session.get(EndpointRow, endpoint_id) is not None:
         raise Conflict(f"endpoint {endpoint_id!r} already exists", param="endpoint_id")
@@ -37,6 +46,7 @@ async def create_endpoint(
         arch_id=arch_id,
         replicas=replicas,
         engine=engine,
+        gpus_per_replica=gpus_per_replica,
         created=ts,
         updated=ts,
     )
@@ -89,4 +99,16 @@ async def set_serving(session: AsyncSession, endpoint_id: str, deployment_id: st
         update(EndpointRow)
         .where(EndpointRow.endpoint_id == endpoint_id)
         .values(serving_deployment_id=deployment_id, updated=now())
+    )
+
+
+async def set_replica_problem(session: AsyncSession, endpoint_id: str, problem: str | None) -> None:
+    """Record why the endpoint runs short of replicas (None: it no longer does)."""
+    await session.execute(
+        update(EndpointRow)
+        .where(
+            EndpointRow.endpoint_id == endpoint_id,
+            EndpointRow.replica_problem.is_distinct_from(problem),
+        )
+        .values(replica_problem=problem)
     )

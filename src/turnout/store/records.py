@@ -92,7 +92,11 @@ class Endpoint:
     arch_id: str
     replicas: int
     engine: str
+    #: The operator's override; None: the architecture's serving default.
+    gpus_per_replica: int | None
     serving_deployment_id: str | None
+    #: Why the endpoint runs fewer replicas than it wants (e.g. no capacity), else None.
+    replica_problem: str | None
     created: int
     updated: int
 
@@ -138,3 +142,7 @@ class Replica:
     error: str | None
     created: int
     updated: int
+    node: str | None = None
+    gpus: tuple[int, ...] = ()
+    detail: str | None = None
+    restarts: int = 0

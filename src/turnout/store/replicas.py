@@ -22,6 +22,10 @@ def _replica(row: ReplicaRow) -> Replica:
         error=row.error,
         created=row.created,
         updated=row.updated,
+        node=row.node,
+        gpus=tuple(row.gpus or ()),
+        detail=row.detail,
+        restarts=row.restarts or 0,
     )
 
 
@@ -35,7 +39,13 @@ async def upsert_replica(
     address: str | None = None,
     pid: int | None = None,
     error: str | None = None,
+    node: str | None = None,
+    gpus: tuple[int, ...] | None = None,
+    detail: str | None = None,
+    restarts: int | None = None,
 ) -> None:
+    """Insert or update a replica row; ``None`` leaves a field as it is (except ``error`` and
+    ``detail``, which always describe the state being written)."""
     row = await session.get(ReplicaRow, replica_id)
     ts = now()
     if row is None:
@@ -49,7 +59,14 @@ async def upsert_replica(
         row.address = address
     if pid is not None:
         row.pid = pid
+    if node is not None:
+        row.node = node
+    if gpus is not None:
+        row.gpus = list(gpus)
+    if restarts is not None:
+        row.restarts = restarts
     row.error = error
+    row.detail = detail
     await session.flush()
 
 

@@ -124,7 +124,11 @@ class EndpointRow(Base):
     arch_id: Mapped[str] = mapped_column(ForeignKey("architectures.arch_id"))
     replicas: Mapped[int] = mapped_column(Integer, default=1)
     engine: Mapped[str] = mapped_column(String(64), default="builtin")
+    #: None: the architecture's serving default.
+    gpus_per_replica: Mapped[int | None] = mapped_column(Integer, nullable=True)
     serving_deployment_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    #: Why the endpoint runs fewer replicas than it wants (e.g. no capacity), else None.
+    replica_problem: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
     updated: Mapped[int] = mapped_column(BigInteger)
 
@@ -162,13 +166,19 @@ class DeploymentEventRow(Base):
 
 class ReplicaRow(Base):
     __tablename__ = "replicas"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
     endpoint_id: Mapped[str] = mapped_column(String(128), index=True)
     deployment_id: Mapped[str] = mapped_column(String(36), index=True)
     address: Mapped[str | None] = mapped_column(String(256), nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     state: Mapped[ReplicaState] = mapped_column(_enum_column(ReplicaState, 16))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The node it runs on (the placement's name for it) and the GPU ids it was given.
+    node: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    gpus: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    #: What it is doing now, e.g. "fetching weights: 120/540 MiB".
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created: Mapped[int] = mapped_column(BigInteger)
     updated: Mapped[int] = mapped_column(BigInteger)
 

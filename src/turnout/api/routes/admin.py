@@ -59,3 +59,8 @@ async def list_endpoints(s: ServicesDep) -> wire.EndpointOutList:
 @router.delete("/endpoints/{endpoint_id}", summary="Delete an endpoint")
 async def delete_endpoint(endpoint_id: str, s: ServicesDep) -> wire.EndpointOut:
     return await s.admin.delete_endpoint(endpoint_id)
+
+
+@router.get("/replicas", summary="List every replica (node, address, GPUs, state)")
+async def list_replicas(s: ServicesDep, endpoint: str | None = None) -> wire.ReplicaList:
+    return await s.admin.list_replicas(endpoint)

@@ -65,6 +65,8 @@ class EndpointCreate(ManagementModel):
     replicas: int = Field(default=1, ge=1, le=64)
     #: An engine template name; default: the architecture's serving default.
     engine: str | None = None
+    #: GPUs per replica (its tensor-parallel size); default: the architecture's.
+    gpus_per_replica: int | None = Field(default=None, ge=0, le=64)
 
 
 class EndpointOut(ManagementModel):
@@ -73,9 +75,31 @@ class EndpointOut(ManagementModel):
     arch: str
     replicas: int
     engine: str
+    gpus_per_replica: int
     created: int
     serving_deployment_id: str | None = None
+    replica_problem: str | None = None
 
 
 class EndpointOutList(ManagementModel):
     endpoints: list[EndpointOut]
+
+
+class ReplicaOut(ManagementModel):
+    replica_id: str
+    endpoint_id: str
+    deployment_id: str
+    version_id: int | None
+    node: str | None
+    address: str | None
+    #: Device ids on its node (its CUDA_VISIBLE_DEVICES).
+    gpus: list[int]
+    state: str
+    # What else an operator wants to see of it.
+    error: str | None = None
+    detail: str | None = None
+    restarts: int = 0
+
+
+class ReplicaList(ManagementModel):
+    replicas: list[ReplicaOut]

@@ -27,6 +27,27 @@ class ReplicaCounts(ManagementModel):
     total: int
 
 
+class ReplicaItem(ManagementModel):
+    replica_id: str
+    deployment_id: str
+    version_id: int | None
+    node: str | None
+    gpus: list[int]
+    state: str
+
+
+class ReplicaSummary(ManagementModel):
+    """Every replica of the endpoint, whichever deployment it belongs to."""
+
+    ready: int
+    total: int
+    #: How many the endpoint wants.
+    wanted: int
+    #: Why fewer run than wanted (e.g. no capacity), when that is so.
+    problem: str | None = None
+    items: list[ReplicaItem]
+
+
 class DeployedModel(ManagementModel):
     # reference §1.9 `deployed_models[]`
     id: str
@@ -47,3 +68,5 @@ class EndpointStatus(ManagementModel):
     managing_org_name: str
     created: int
     updated: int
+    # Turnout extensions (not in the published API)
+    replicas: ReplicaSummary | None = None

@@ -10,10 +10,16 @@ from turnout.api.schemas import admin as wire
 from turnout.errors import BadRequest, NotFound
 from turnout.ids import NAME_PATTERN, hash_key, new_key, new_key_id
 from turnout.placement.engines import EngineCatalog
-from turnout.registry.architectures import BUILTIN_ARCHITECTURES, Architecture, get_architecture
+from turnout.registry.architectures import (
+    BUILTIN_ARCHITECTURES,
+    Architecture,
+    get_architecture,
+    gpus_per_replica,
+)
 from turnout.states import ACTIVE, Event, IllegalTransition
 from turnout.store import deployments, tenants
 from turnout.store import endpoints as endpoints_repo
+from turnout.store import replicas as replica_rows
 from turnout.store.db import Database
 from turnout.store.records import ApiKey, ArchitectureRecord, Endpoint, KeyKind
 
@@ -54,8 +60,10 @@ def _endpoint_out(e: Endpoint) -> wire.EndpointOut:
         arch=e.arch_id,
         replicas=e.replicas,
         engine=e.engine,
+        gpus_per_replica=gpus_per_replica(e.arch_id, e.gpus_per_replica),
         created=e.created,
         serving_deployment_id=e.serving_deployment_id,
+        replica_problem=e.replica_problem,
     )
 
 
@@ -185,7 +193,13 @@ class AdminService:
                     param="arch",
                 )
             endpoint = await endpoints_repo.create_endpoint(
-                s, req.endpoint_id, org, req.arch, replicas=req.replicas, engine=engine
+                s,
+                req.endpoint_id,
+                org,
+                req.arch,
+                replicas=req.replicas,
+                engine=engine,
+                gpus_per_replica=req.gpus_per_replica,
             )
         return _endpoint_out(endpoint)
 
@@ -193,6 +207,29 @@ class AdminService:
         async with self.db.session() as s:
             endpoints = await endpoints_repo.list_endpoints(s)
         return wire.EndpointOutList(endpoints=[_endpoint_out(e) for e in endpoints])
+
+    async def list_replicas(self, endpoint_id: str | None = None) -> wire.ReplicaList:
+        async with self.db.session() as s:
+            rows = await replica_rows.list_replicas(s, endpoint_id=endpoint_id)
+            numbers = await deployments.version_numbers(s, {r.deployment_id for r in rows})
+        return wire.ReplicaList(
+            replicas=[
+                wire.ReplicaOut(
+                    replica_id=r.id,
+                    endpoint_id=r.endpoint_id,
+                    deployment_id=r.deployment_id,
+                    version_id=numbers.get(r.deployment_id),
+                    node=r.node,
+                    address=r.address,
+                    gpus=list(r.gpus),
+                    state=r.state.value,
+                    error=r.error,
+                    detail=r.detail,
+                    restarts=r.restarts,
+                )
+                for r in rows
+            ]
+        )
 
     async def delete_endpoint(self, endpoint_id: str) -> wire.EndpointOut:
         """Cancel the endpoint's queued and running deployments and delete it; the rollout

@@ -116,6 +116,7 @@ class EndpointsService:
                         ),
                     )
                 )
+            numbers = await deployments.version_numbers(s, {r.deployment_id for r in rows})
         return ewire.EndpointStatus(
             name=endpoint.endpoint_id,
             model_arch_id=endpoint.arch_id,
@@ -123,6 +124,23 @@ class EndpointsService:
             managing_org_name=endpoint.org_name,
             created=endpoint.created,
             updated=endpoint.updated,
+            replicas=ewire.ReplicaSummary(
+                ready=sum(r.state is ReplicaState.READY for r in rows),
+                total=len(rows),
+                wanted=endpoint.replicas,
+                problem=endpoint.replica_problem,
+                items=[
+                    ewire.ReplicaItem(
+                        replica_id=r.id,
+                        deployment_id=r.deployment_id,
+                        version_id=numbers.get(r.deployment_id),
+                        node=r.node,
+                        gpus=list(r.gpus),
+                        state=r.state.value,
+                    )
+                    for r in rows
+                ],
+            ),
         )
 
     async def deploy(
