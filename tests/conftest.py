@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +35,28 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModelFactory:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_engine_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Replicas outlive the server that started them (by design); tests that end with a killed
+    or role=worker server leave them running. Stop every engine a test's data dir recorded."""
+    yield
+    reap_replicas(tmp_path_factory.getbasetemp())
+
+
+def reap_replicas(root: Path) -> int:
+    """SIGKILL the engine sessions recorded under ``root`` (pid files of local placement)."""
+    from turnout.placement import process
+
+    killed = 0
+    for path in root.rglob("run/replicas/*.json"):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if process.is_alive(rec["pid"], rec.get("start_ticks")):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(rec["pid"], signal.SIGKILL)
+            killed += 1
+    return killed

@@ -35,6 +35,7 @@ from turnout.placement.base import Placement
 from turnout.placement.engines import EngineCatalog
 from turnout.placement.gpus import gpu_ids
 from turnout.placement.local import LocalPlacement, LocalPlacementConfig
+from turnout.placement.supervisor import SupervisionConfig
 from turnout.registry.config import SyncConfig
 from turnout.registry.sync import check_source_uri
 from turnout.registry.weightstore import WeightStore
@@ -219,7 +220,11 @@ def build_placement(settings: Settings) -> Placement:
         )
     return LocalPlacement(
         LocalPlacementConfig(
-            run_dir=settings.data_dir.resolve() / "run", gpu_ids=gpu_ids(settings.gpus)
+            run_dir=settings.data_dir.resolve() / "run",
+            gpu_ids=gpu_ids(settings.gpus),
+            supervision=SupervisionConfig(
+                health_interval=settings.health_interval, health_timeout=settings.health_timeout
+            ),
         )
     )
 

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     max_replicas: int = 0
     #: JSON file of extra engine command templates (see docs/engines.md).
     engine_templates: Path | None = None
+    #: Seconds between liveness checks of a ready replica's health path, and each check's
+    #: bound; a replica that fails two in a row is killed and restarted.
+    health_interval: float = 5.0
+    health_timeout: float = 5.0
     #: Where replicas run: ``local`` (subprocesses of the worker) or ``ray`` (a Ray cluster).
     placement: Literal["local", "ray"] = "local"
     #: The Ray cluster to place replicas on (``ray`` placement), e.g. ``10.0.0.1:6379``.

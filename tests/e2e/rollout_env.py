@@ -72,13 +72,18 @@ def wait_until(fetch: Any, done: Any, timeout: float = 120, interval: float = 0.
 
 
 def make_deployed(
-    root: Path, tiny_model: TinyModelFactory, env: dict[str, str] | None = None, replicas: int = 1
+    root: Path,
+    tiny_model: TinyModelFactory,
+    env: dict[str, str] | None = None,
+    replicas: int = 1,
+    endpoint_args: tuple[str, ...] = (),
+    role: str = "all",
 ) -> Deployed:
     weights = root / "weights-in"
     for seed in (1, 2):
         shutil.copytree(tiny_model(seed=seed), weights / f"seed{seed}")
     server = TurnoutServer(
-        root / "data", env={"TURNOUT_ALLOWED_LOCAL_ROOTS": str(weights), **(env or {})}
+        root / "data", env={"TURNOUT_ALLOWED_LOCAL_ROOTS": str(weights), **(env or {})}, role=role
     )
     server.cli("admin", "org", "create", "acme")
     mk = server.cli(
@@ -87,7 +92,7 @@ def make_deployed(
     ik = server.cli("admin", "key", "create", "--org", "acme", "--kind", "inference").stdout.strip()
     server.cli(
         "admin", "endpoint", "create", "acme-tiny", "--org", "acme", "--arch", "tiny-llama",
-        "--replicas", str(replicas),
+        "--replicas", str(replicas), *endpoint_args,
     )  # fmt: skip
     server.start()
     deployed = Deployed(server, mk, ik, "acme-tiny")

@@ -14,6 +14,7 @@ import pytest
 from turnout.placement import process
 from turnout.placement.base import EngineCommand, ReplicaHandle, ReplicaSpec, ReplicaStatus
 from turnout.placement.local import LocalPlacement, LocalPlacementConfig
+from turnout.placement.supervisor import SupervisionConfig
 
 FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
 
@@ -27,9 +28,9 @@ def config(tmp_path: Path) -> LocalPlacementConfig:
     # Short backoff and poll interval keep tests quick; nothing asserts on timing.
     return LocalPlacementConfig(
         run_dir=tmp_path / "run",
-        max_restarts=2,
-        restart_backoff=0.05,
-        ready_poll_interval=0.05,
+        supervision=SupervisionConfig(
+            max_restarts=2, restart_backoff=0.05, ready_poll_interval=0.05
+        ),
     )
 
 

@@ -130,7 +130,7 @@ def test_repeated_crashes_fail_after_max_restarts(
         try:
             handle = await placement.start(fake_spec("r1"))
             killed: set[int | None] = {None}
-            for _ in range(config.max_restarts + 1):
+            for _ in range(config.supervision.max_restarts + 1):
                 # Wait for a READY incarnation we have not killed yet, then kill it.
                 status = await wait_status(
                     placement, handle, lambda s: s.state is READY and s.handle.pid not in killed
@@ -139,7 +139,7 @@ def test_repeated_crashes_fail_after_max_restarts(
                 os.kill(status.handle.pid, signal.SIGKILL)
                 killed.add(status.handle.pid)
             status = await wait_status(placement, handle, lambda s: s.state is FAILED)
-            assert status.restarts == config.max_restarts
+            assert status.restarts == config.supervision.max_restarts
             assert status.error is not None
             assert "SIGKILL" in status.error
             assert "crashes in a row" in status.error

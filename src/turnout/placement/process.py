@@ -148,6 +148,7 @@ class ReplicaRecord:
     deployment_id: str
     served_name: str
     model_dir: str
+    health_path: str = "/health"
     #: How to start it again (argv, the environment it got beyond Turnout's own, its GPUs).
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)

@@ -192,8 +192,6 @@ class RolloutController:
                 continue
             status = await self.placement.probe(handle or alive[row.id])
             state = status.state
-            if state is ReplicaState.READY and row.state is ReplicaState.STARTING:
-                state = row.state  # only a rollout's gates (warm-up included) make it ready
             if (state, status.restarts, status.handle.node, status.handle.address) != (
                 row.state,
                 row.restarts,
