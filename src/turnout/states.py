@@ -8,7 +8,8 @@ of the rollout (DESIGN §3)::
 
     not_started ──start──▶ in_progress ──complete──▶ complete
          │                    │  steps: submitted → starting → warming → switched → draining → done
-         │                    │         (starting → rolling → switched for a rolling rollout)
+         │                    │         (starting → rolling → switched for a rolling rollout;
+         │                    │          warming → canary ⇄ judging (⇄ paused) → switched)
          └──fail / cancel─────┴──fail / cancel (only before the switch)──▶ failed / cancelled
 """
 
@@ -42,7 +43,16 @@ class Step(StrEnum):
     #: Waiting for the new replicas' readiness and warm-up generation.
     WARMING = "warming"
     #: Rolling strategy: replacing one replica at a time; both versions serve meanwhile.
+    #: In place: reloading the new weights into one replica at a time.
     ROLLING = "rolling"
+    #: Canary: the new version gets its step's share of traffic (``traffic_percent``).
+    CANARY = "canary"
+    #: Canary: the step's hold runs while its gates are judged.
+    JUDGING = "judging"
+    #: Canary: held at its step by a caller or a failing gate (``on_gate_failure: pause``).
+    PAUSED = "paused"
+    #: Canary: a caller skipped the remaining steps; the switch comes next.
+    PROMOTING = "promoting"
     #: Traffic goes to this deployment (the switch is one stored write).
     SWITCHED = "switched"
     #: Old replicas finish their in-flight requests, then stop.
@@ -95,15 +105,24 @@ TRANSITIONS: Final[dict[tuple[DeploymentState, Event], DeploymentState]] = {
 #: The steps a running rollout may move to from each step. A step may repeat (each repeat is
 #: one more event in the deployment's history); going back to ``starting`` is the restart of an
 #: interrupted rollout, legal only before the switch.
+_CANARY_MOVES: Final = frozenset({P.CANARY, P.JUDGING, P.PAUSED, P.PROMOTING, P.SWITCHED})
+
 STEP_MOVES: Final[dict[Step, frozenset[Step]]] = {
     P.SUBMITTED: frozenset({P.STARTING}),
     P.STARTING: frozenset({P.STARTING, P.WARMING, P.ROLLING}),
-    P.WARMING: frozenset({P.WARMING, P.STARTING, P.SWITCHED}),
+    P.WARMING: frozenset({P.WARMING, P.STARTING, P.SWITCHED, P.CANARY}),
     P.ROLLING: frozenset({P.ROLLING, P.STARTING, P.SWITCHED}),
+    P.CANARY: _CANARY_MOVES | {P.STARTING},
+    P.JUDGING: _CANARY_MOVES | {P.STARTING},
+    P.PAUSED: frozenset({P.PAUSED, P.CANARY, P.PROMOTING, P.STARTING}),
+    P.PROMOTING: frozenset({P.SWITCHED, P.STARTING}),
     P.SWITCHED: frozenset({P.DRAINING}),
     P.DRAINING: frozenset({P.DRAINING}),
     P.DONE: frozenset(),
 }
+
+#: Steps in which a canary's new version takes part of the traffic.
+CANARY_STEPS: Final = frozenset({P.CANARY, P.JUDGING, P.PAUSED, P.PROMOTING})
 
 #: Steps after which traffic already goes to the new deployment: it can no longer fail or be
 #: cancelled (that would cut the new version's requests); it completes, or is rolled back.

@@ -20,7 +20,8 @@ from tests.e2e.rollout_env import Deployed
 from tests.e2e.server import TurnoutServer
 from tests.engines_vllm.conftest import CPU_ARGS
 
-pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+# The module fixture builds SmolLM2 v1/v2 (once per session) and starts vLLM: minutes on CPU.
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.timeout(1500)]
 
 ENDPOINT = "acme-vllm"
 

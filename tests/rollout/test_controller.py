@@ -1,150 +1,21 @@
 """The rollout controller against a real SQLite store and a small fake placement whose
-"replicas" are in-process HTTP servers answering the warm-up request."""
+"replicas" are in-process HTTP servers (tests/rollout/harness.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from turnout.api.services.admin import catalog_records
+from tests.rollout.harness import FakePlacement, make, run_until_idle, state, submit
 from turnout.gateway.routing import Router
-from turnout.placement.base import (
-    Capacity,
-    NoCapacity,
-    NodeCapacity,
-    ReplicaHandle,
-    ReplicaSpec,
-    ReplicaStatus,
-)
-from turnout.rollout.controller import RolloutConfig, RolloutController
+from turnout.placement.base import ReplicaSpec
 from turnout.rollout.runner import Rollout
-from turnout.routing.feed import InProcessFeed
 from turnout.states import ReplicaState
-from turnout.store import deployments, endpoints, replicas, tenants, versions
+from turnout.store import deployments, endpoints, replicas
 from turnout.store.db import Database
-from turnout.store.records import SyncStatus
 
 pytestmark = pytest.mark.anyio
-
-
-class FakePlacement:
-    """Replicas are aiohttp servers on loopback; ``fail`` makes the next start fail."""
-
-    def __init__(self) -> None:
-        self.running: dict[str, tuple[ReplicaHandle, web.AppRunner]] = {}
-        self.started: list[str] = []
-        self.stopped: list[str] = []
-        self.fail = False  # replicas started while set never become ready
-        self.failing: set[str] = set()
-        self.gpus = 0  # the fake node's GPUs
-        self.specs: dict[str, ReplicaSpec] = {}
-
-    async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
-        if spec.gpus and not (await self.capacity()).fits(1, spec.gpus):
-            raise NoCapacity(f"{spec.gpus} GPU(s) wanted")
-        self.specs[spec.replica_id] = spec
-
-        async def complete(_: web.Request) -> web.Response:
-            return web.json_response({"usage": {"completion_tokens": 1}})
-
-        app = web.Application()
-        app.router.add_post("/v1/completions", complete)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        handle = ReplicaHandle(spec.replica_id, f"http://127.0.0.1:{port}")
-        self.running[spec.replica_id] = (handle, runner)
-        self.started.append(spec.replica_id)
-        if self.fail:
-            self.failing.add(spec.replica_id)
-        return handle
-
-    async def probe(self, handle: ReplicaHandle) -> ReplicaStatus:
-        if handle.replica_id not in self.running:
-            return ReplicaStatus(handle, ReplicaState.STOPPED)
-        if handle.replica_id in self.failing:
-            return ReplicaStatus(handle, ReplicaState.FAILED, error="boom")
-        return ReplicaStatus(handle, ReplicaState.READY)
-
-    async def stop(self, handle: ReplicaHandle, *, drain_timeout: float) -> None:
-        entry = self.running.pop(handle.replica_id, None)
-        if entry is not None:
-            await entry[1].cleanup()
-            self.stopped.append(handle.replica_id)
-
-    async def list_alive(self) -> list[ReplicaHandle]:
-        return [h for h, _ in self.running.values()]
-
-    async def capacity(self) -> Capacity:
-        used = sum(spec.gpus for spec in self.specs.values() if spec.replica_id in self.running)
-        node = NodeCapacity("fake", self.gpus, self.gpus - used, len(self.running))
-        return Capacity((node,))
-
-    async def close(self, *, stop_replicas: bool = True) -> None:
-        for handle, _ in list(self.running.values()):
-            await self.stop(handle, drain_timeout=0)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
-    await database.migrate()
-    async with database.session() as s:
-        await tenants.seed_architectures(s, catalog_records())
-        org = await tenants.create_org(s, "acme")
-        await endpoints.create_endpoint(
-            s, "acme-tiny", org, "tiny-llama", replicas=2, engine="builtin"
-        )
-        for n in (1, 2):
-            v = await versions.create_version(
-                s, org, "tiny-llama", weight_uri="u", fingerprint_suffix=None, aliases=[]
-            )
-            await versions.update_sync(
-                s, v.id, status=SyncStatus.DONE, digest=f"sha256:{n}" * 8, weight_path=str(tmp_path)
-            )
-    yield database
-    await database.dispose()
-
-
-async def submit(db: Database, version_pk: int, deployment_id: str) -> None:
-    async with db.session() as s:
-        endpoint = await endpoints.get_endpoint(s, "acme-tiny")
-        await deployments.create_deployment(
-            s,
-            deployment_id=deployment_id,
-            endpoint=endpoint,
-            version_pk=version_pk,
-            alias_used=None,
-        )
-
-
-async def run_until_idle(controller: RolloutController, passes: int = 10) -> None:
-    """Reconcile and wait for the launched work until a pass launches nothing more."""
-    for _ in range(passes):
-        await controller.reconcile()
-        if not controller._tasks:
-            return
-        await controller.wait_idle()
-    raise AssertionError(f"still busy after {passes} passes")
-
-
-async def state(db: Database, deployment_id: str) -> str:
-    async with db.session() as s:
-        return (await deployments.get_deployment(s, deployment_id)).state
-
-
-def make(
-    db: Database, placement: FakePlacement, router: Router, **config: object
-) -> RolloutController:
-    base = RolloutConfig(ready_timeout=5, drain_timeout=1, probe_interval=0.01)
-    feed = InProcessFeed(db, router)
-    return RolloutController(db, placement, feed, replace(base, **config))  # type: ignore[arg-type]
 
 
 async def test_surge_switch_drain_and_idempotent_reconcile(db: Database) -> None:

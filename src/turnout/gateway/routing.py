@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 
+from turnout.routing.stats import VersionStats
 from turnout.routing.table import ReplicaRoute, RoutingTable
 
 
@@ -32,12 +33,24 @@ class Router:
         self._outstanding: dict[str, int] = {}
         self._next = 0
         self._drain_waiters: set[asyncio.Event] = set()
+        #: What the proxy counted per deployment (canary gates read it through the feed).
+        self._stats: dict[str, VersionStats] = {}
 
     def swap(self, table: RoutingTable) -> None:
         self._table = table
 
     def current(self) -> RoutingTable:
         return self._table
+
+    def stats_for(self, deployment_id: str) -> VersionStats:
+        """The live counters of one deployment, for the proxy to add to."""
+        found = self._stats.get(deployment_id)
+        if found is None:
+            found = self._stats[deployment_id] = VersionStats()
+        return found
+
+    def stats_snapshot(self) -> dict[str, VersionStats]:
+        return {d: s.copy() for d, s in self._stats.items()}
 
     def outstanding(self, replica_id: str) -> int:
         return self._outstanding.get(replica_id, 0)

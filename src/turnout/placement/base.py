@@ -30,6 +30,10 @@ class EngineCommand:
     argv: tuple[str, ...]
     health_path: str = "/health"
     ready_path: str = "/ready"
+    #: The route that reloads weights inside the running engine (SGLang's
+    #: ``/update_weights_from_disk`` wire: ``{"model_path"}`` -> ``{"success", "message"}``);
+    #: None: the engine cannot, and an ``in_place`` rollout falls back to rolling.
+    reload_path: str | None = None
 
 
 BUILTIN_ENGINE = EngineCommand(
@@ -48,7 +52,8 @@ BUILTIN_ENGINE = EngineCommand(
         "{served_name}",
         "--device",
         "{device}",
-    )
+    ),
+    reload_path="/update_weights_from_disk",
 )
 
 
@@ -141,6 +146,10 @@ class Capacity:
         return "; ".join(parts) or "no nodes"
 
 
+class ReloadFailed(Exception):
+    """The engine did not take the new weights; it still serves the ones it had."""
+
+
 class NoCapacity(Exception):
     """No node has room for the replica; ``reason`` says what is missing, for people."""
 
@@ -165,6 +174,11 @@ class Placement(Protocol):
 
     async def stop(self, handle: ReplicaHandle, *, drain_timeout: float) -> None:
         """SIGTERM, let in-flight requests finish up to ``drain_timeout``, then kill."""
+        ...
+
+    async def reload(self, handle: ReplicaHandle, spec: ReplicaSpec) -> ReplicaHandle:
+        """Load ``spec``'s weights into the running replica (its engine's reload route), so
+        it serves them from now on and restarts with them; :class:`ReloadFailed` otherwise."""
         ...
 
     async def list_alive(self) -> list[ReplicaHandle]:

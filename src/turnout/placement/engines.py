@@ -73,6 +73,7 @@ BUILTIN_ENGINES: Final[Mapping[str, EngineCommand]] = MappingProxyType({
         health_path="/health",
         # Runs a one-token generation: ready means it can generate, not just that it listens.
         ready_path="/health_generate",
+        reload_path="/update_weights_from_disk",
     ),
 })  # fmt: skip
 
@@ -161,4 +162,5 @@ def _command(path: Path, name: str, spec: object) -> EngineCommand:
         argv=argv,
         health_path=str(spec.get("health_path", "/health")),
         ready_path=str(spec.get("ready_path", spec.get("health_path", "/health"))),
+        reload_path=str(spec["reload_path"]) if spec.get("reload_path") else None,
     )

@@ -30,11 +30,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from turnout.placement import process
 from turnout.placement.base import (
     Capacity,
     NoCapacity,
     NodeCapacity,
+    ReloadFailed,
     ReplicaHandle,
     ReplicaSpec,
     ReplicaStatus,
@@ -55,6 +58,7 @@ class LocalPlacementConfig:
     host: str = "127.0.0.1"
     python: str = sys.executable
     close_drain_timeout: float = 10.0  # drain deadline used by close()
+    reload_timeout: float = 600.0  # one in-place weight reload (loading a model's weights)
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     #: This machine's GPU ids (TURNOUT_GPUS or NVML); empty: no GPUs.
     gpu_ids: tuple[int, ...] = ()
@@ -135,6 +139,36 @@ class LocalPlacement:
                 f"{len(self._cfg.gpu_ids)} are free on {self._cfg.node} (TURNOUT_GPUS or NVML)"
             )
         return tuple(free[: spec.gpus])
+
+    async def reload(self, handle: ReplicaHandle, spec: ReplicaSpec) -> ReplicaHandle:
+        rep = self._replicas.get(handle.replica_id)
+        if rep is None or rep.state in _TERMINAL:
+            raise ReloadFailed(f"replica {handle.replica_id} does not run here")
+        if not spec.engine.reload_path:
+            raise ReloadFailed(f"engine of replica {rep.replica_id} cannot reload weights")
+        try:
+            resp = await self._sup.http.post(
+                rep.address + spec.engine.reload_path,
+                json={"model_path": str(spec.model_dir)},
+                timeout=self._cfg.reload_timeout,
+            )
+            answer = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ReloadFailed(f"replica {rep.replica_id}: reload failed: {exc!r}") from exc
+        if resp.status_code != 200 or not answer.get("success"):
+            raise ReloadFailed(f"replica {rep.replica_id}: {answer.get('message', resp.text)}")
+        # From now on it is this deployment's, and a restart loads the new weights.
+        rep.argv = render_argv(
+            spec,
+            model_dir=spec.model_dir,
+            host=self._cfg.host,
+            port=rep.port,
+            python=self._cfg.python,
+        )
+        rep.model_dir = str(spec.model_dir)
+        rep.labels["deployment_id"] = spec.deployment_id
+        self._sup.save_record(rep)
+        return rep.handle(self._cfg.node)
 
     async def probe(self, handle: ReplicaHandle) -> ReplicaStatus:
         rep = self._replicas.get(handle.replica_id)

@@ -43,6 +43,7 @@ from turnout.placement.base import (
     Capacity,
     NoCapacity,
     NodeCapacity,
+    ReloadFailed,
     ReplicaHandle,
     ReplicaSpec,
     ReplicaStatus,
@@ -66,6 +67,8 @@ class RayPlacementConfig:
     schedule_timeout: float = 60.0
     #: How long one call to a replica's actor may take before it counts as unanswered.
     call_timeout: float = 10.0
+    #: One in-place weight reload, fetching the weights to the node included.
+    reload_timeout: float = 1800.0
 
 
 # -- on the node -------------------------------------------------------------------------
@@ -171,6 +174,16 @@ class ReplicaActor:
             "error": status.error,
             "restarts": status.restarts,
         }
+
+    async def reload(self, spec: ReplicaSpec) -> dict[str, Any]:
+        """Load another version's weights into the running engine (fetched first if needed)."""
+        if self.engine is None:
+            raise ReloadFailed(f"replica {self.spec.replica_id} has no engine running yet")
+        self.spec = spec
+        model_dir = await asyncio.to_thread(self._model_dir)
+        self.handle = await self.engine.reload(self.handle, replace(spec, model_dir=model_dir))
+        self.handle = replace(self.handle, node=self.node, gpus=self.gpus)
+        return self.describe()
 
     async def stop(self, drain_timeout: float) -> None:
         if self.task is not None:
@@ -290,6 +303,17 @@ class RayPlacement:
             error=found["error"],
             detail=found["detail"],
         )
+
+    async def reload(self, handle: ReplicaHandle, spec: ReplicaSpec) -> ReplicaHandle:
+        await self._connect()
+        try:
+            found = await self._call(
+                self._actor(handle.replica_id).reload.remote(spec), self._cfg.reload_timeout
+            )
+        except (ValueError, TimeoutError, ray.exceptions.RayError) as exc:
+            raise ReloadFailed(f"replica {handle.replica_id}: {exc}") from exc
+        self._known[handle.replica_id] = _handle(found)
+        return self._known[handle.replica_id]
 
     async def stop(self, handle: ReplicaHandle, *, drain_timeout: float) -> None:
         await self._connect()

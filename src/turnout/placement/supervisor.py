@@ -127,9 +127,12 @@ class Supervisor:
         rep.start_ticks = None if stat is None else stat.start_ticks
         rep.state = ReplicaState.STARTING
         rep.ready_since = None
-        process.write_record(self.records_dir, self._record(rep))
+        self.save_record(rep)
         logger.info("replica %s started: pid %d at %s", rep.replica_id, rep.pid, rep.address)
         return True
+
+    def save_record(self, rep: ReplicaProcess) -> None:
+        process.write_record(self.records_dir, self._record(rep))
 
     def _record(self, rep: ReplicaProcess) -> process.ReplicaRecord:
         assert rep.pid is not None

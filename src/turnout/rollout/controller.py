@@ -24,14 +24,19 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 
+from turnout.errors import NotFound
+from turnout.ids import new_deployment_id
 from turnout.placement.base import NoCapacity, Placement, ReplicaHandle
+from turnout.policy import SURGE, Strategy
+from turnout.rollout.canary import CanaryRollout
+from turnout.rollout.inplace import InPlaceRollout
 from turnout.rollout.replicas import GateConfig, GateFailed, Replicas
 from turnout.rollout.runner import Rollout, RolloutConfig, RolloutContext
 from turnout.routing.feed import RoutingFeed
 from turnout.states import ACTIVE, REPLICA_GONE, ReplicaState
-from turnout.store import deployments, endpoints, replicas, versions
+from turnout.store import deployments, endpoints, replicas, tenants, versions
 from turnout.store.db import Database
-from turnout.store.records import Deployment, Endpoint, Replica
+from turnout.store.records import Deployment, Endpoint, Replica, SyncStatus
 
 __all__ = ["RolloutConfig", "RolloutController"]
 
@@ -51,6 +56,14 @@ class _Desired:
 class _Backoff:
     failures: int = 0
     retry_at: float = 0.0
+
+
+def rollout_for(context: RolloutContext, deployment: Deployment) -> Rollout:
+    """The rollout that carries out the deployment's policy (DESIGN §8)."""
+    kind = {Strategy.CANARY: CanaryRollout, Strategy.IN_PLACE: InPlaceRollout}.get(
+        deployment.policy.strategy, Rollout
+    )
+    return kind(context, deployment.id)
 
 
 class RolloutController:
@@ -95,7 +108,8 @@ class RolloutController:
     async def reconcile(self) -> None:
         # 1. Observe first: a replica started after this point has its row written already.
         alive = {h.replica_id: h for h in await self.placement.list_alive()}
-        # 2. Read desired state.
+        # 2. Read desired state; endpoints that follow an alias get a deployment when it moved.
+        await self._follow_aliases()
         desired = await self._read()
         # 3. Adopt live replicas that have rows.
         for row in desired.rows:
@@ -105,12 +119,51 @@ class RolloutController:
         for deployment in sorted(desired.active, key=lambda d: d.seq):
             if deployment.endpoint_id not in self._tasks:
                 self._heal_backoff.pop(deployment.endpoint_id, None)
-                rollout = Rollout(self.context, deployment.id)
+                rollout = rollout_for(self.context, deployment)
                 self._launch(rollout.run(), deployment.endpoint_id, deployment.id)
         # 5. Idle endpoints: stored against live, then heal.
         await self._diff(desired, alive)
         # 6. Publish what is ready.
         await self.feed.publish()
+
+    async def _follow_aliases(self) -> None:
+        """Submit a deployment for each endpoint whose followed alias now names a version it
+        neither serves nor already tried for this alias (a failed try is not repeated)."""
+        async with self.db.session() as s:
+            for endpoint in await endpoints.list_endpoints(s):
+                if endpoint.follow_alias is None:
+                    continue
+                org = await tenants.get_org(s, endpoint.org_name)
+                try:
+                    version = await versions.resolve_version(
+                        s, org, endpoint.arch_id, endpoint.follow_alias
+                    )
+                except NotFound:
+                    continue  # the alias names nothing now: nothing to deploy
+                if version.sync_status is not SyncStatus.DONE:
+                    continue
+                history = await deployments.list_deployments(s, endpoint_id=endpoint.endpoint_id)
+                serving = next((d for d in history if d.id == endpoint.serving_deployment_id), None)
+                tried = next((d for d in history if d.alias_used == endpoint.follow_alias), None)
+                if (serving and serving.version_id == version.id) or (
+                    tried and tried.version_id == version.id
+                ):
+                    continue
+                deployment = await deployments.create_deployment(
+                    s,
+                    deployment_id=new_deployment_id(),
+                    endpoint=endpoint,
+                    version_pk=version.id,
+                    alias_used=endpoint.follow_alias,
+                    policy=endpoint.follow_policy or SURGE,
+                )
+                await deployments.add_event(
+                    s,
+                    deployment.id,
+                    "submitted",
+                    f"alias {endpoint.follow_alias!r} moved to version {version.version_number}",
+                )
+                log.info("endpoint %s follows %s", endpoint.endpoint_id, version.name)
 
     async def _read(self) -> _Desired:
         async with self.db.session() as s:

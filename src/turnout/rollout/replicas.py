@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from turnout.placement.base import (
     WeightSource,
 )
 from turnout.placement.engines import EngineCatalog
+from turnout.policy import GoldenPrompt
 from turnout.registry.architectures import ServingDefaults, get_architecture, gpus_per_replica
 from turnout.states import REPLICA_GONE, ReplicaState
 from turnout.store import replicas as rows
@@ -238,6 +240,32 @@ class Replicas:
             raise GateFailed(
                 "warmup_failed", f"warm-up generation on {handle.replica_id} returned no tokens"
             )
+
+    async def golden(
+        self, handle: ReplicaHandle, served_name: str, prompts: Sequence[GoldenPrompt]
+    ) -> str | None:
+        """Send each golden prompt straight to the replica (greedy); the first mismatch, for
+        people, or None when every answer matches its ``expect_regex``."""
+        address = self.handles.get(handle.replica_id, handle).address
+        for number, prompt in enumerate(prompts, 1):
+            body = {
+                "model": served_name,
+                "messages": list(prompt.messages),
+                "max_tokens": 64,
+                "temperature": 0,
+            }
+            try:
+                resp = await self._http.post(f"{address}/v1/chat/completions", json=body)
+                resp.raise_for_status()
+                answer = str(resp.json()["choices"][0]["message"]["content"] or "")
+            except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+                return f"golden prompt {number} failed on {handle.replica_id}: {exc!r}"
+            if not re.search(prompt.expect_regex, answer):
+                return (
+                    f"golden prompt {number}: the answer {answer[:120]!r} of "
+                    f"{handle.replica_id} does not match {prompt.expect_regex!r}"
+                )
+        return None
 
     async def stop(self, replicas: Collection[Replica]) -> None:
         """Stop replicas (concurrently) and forget their rows."""

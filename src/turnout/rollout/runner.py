@@ -108,17 +108,22 @@ class Rollout:
                 await self._finish(deployment, "finishing the drain after a worker restart")
                 return
             endpoint, version = await self._begin(deployment)
-            room = await self._room(endpoint)
-            if room.surge:
-                await self._surge(deployment, endpoint, version)
-            else:
-                await self._rolling(deployment, endpoint, version, room.why)
+            await self.roll(deployment, endpoint, version)
             await self._complete()
         except RolloutAborted as exc:
             await self._abort(exc)
         except Exception as exc:  # a bug must not leave the deployment running forever
             log.exception("rollout %s crashed", self.id)
             await self._abort(RolloutAborted(S.FAILED, "internal_error", f"internal error: {exc}"))
+
+    async def roll(self, deployment: Deployment, endpoint: Endpoint, version: ModelVersion) -> None:
+        """Bring the new version in and switch to it (the strategy: surge, or rolling when the
+        new set does not fit next to the old one)."""
+        room = await self._room(endpoint)
+        if room.surge:
+            await self._surge(deployment, endpoint, version)
+        else:
+            await self._rolling(deployment, endpoint, version, room.why)
 
     # -- state changes, all through the transition table --------------------------------
 
@@ -155,6 +160,10 @@ class Rollout:
             await self._move(Event.START)
         else:
             await self._step(Step.STARTING, "started again from the beginning after a restart")
+            if deployment.traffic_percent:  # a canary's share goes back to the serving version
+                async with self.db.session() as s:
+                    await deployments.set_traffic(s, self.id, 0)
+                await self.ctx.feed.publish()
             await self._stop(await self._replicas_of(self.id))
         async with self.db.session() as s:
             endpoint = await endpoints.get_endpoint(s, deployment.endpoint_id)
@@ -203,9 +212,17 @@ class Rollout:
     async def _surge(
         self, deployment: Deployment, endpoint: Endpoint, version: ModelVersion
     ) -> None:
+        await self._start_set(deployment, endpoint, version, "surge")
+        await self._switch(endpoint)
+        await self._drain(await self._old_replicas(endpoint.endpoint_id))
+
+    async def _start_set(
+        self, deployment: Deployment, endpoint: Endpoint, version: ModelVersion, strategy: str
+    ) -> list[ReplicaHandle]:
+        """The whole new replica set next to the serving one, ready and warmed up."""
         await self._step(
             Step.STARTING,
-            f"surge: starting {endpoint.replicas} replica(s) of {deployment.model_name} "
+            f"{strategy}: starting {endpoint.replicas} replica(s) of {deployment.model_name} "
             "next to the serving ones",
         )
         handles: list[ReplicaHandle] = []
@@ -214,8 +231,7 @@ class Rollout:
         await self._step(Step.WARMING, "waiting for readiness and a warm-up")
         await self._gate_and_serve(endpoint, handles)
         await self._step(Step.WARMING, "all new replicas ready and warmed up")
-        await self._switch(endpoint)
-        await self._drain(await self._old_replicas(endpoint.endpoint_id))
+        return handles
 
     async def _rolling(
         self, deployment: Deployment, endpoint: Endpoint, version: ModelVersion, why: str

@@ -17,8 +17,10 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from turnout.routing.table import EndpointRoute, ReplicaRoute, RoutingTable
-from turnout.states import DeploymentState, ReplicaState, Step
+from turnout.policy import Strategy
+from turnout.routing.stats import VersionStats
+from turnout.routing.table import CanaryRoute, EndpointRoute, ReplicaRoute, RoutingTable
+from turnout.states import CANARY_STEPS, DeploymentState, ReplicaState, Step
 from turnout.store import deployments, endpoints, replicas, routing, versions
 from turnout.store.db import Database
 from turnout.store.records import Deployment, Endpoint
@@ -38,9 +40,14 @@ class RoutingFeed(Protocol):
         any of ``replica_ids``; False on timeout."""
         ...
 
+    async def stats(self, deployment_ids: Collection[str]) -> dict[str, VersionStats]:
+        """What the gateways counted so far for each deployment (cumulative)."""
+        ...
+
 
 class TableHolder(Protocol):
-    """A gateway's side: the table it routes by, and its in-flight counts (the Router)."""
+    """A gateway's side: the table it routes by, its in-flight counts and what it counted per
+    deployment (the Router)."""
 
     def current(self) -> RoutingTable: ...
 
@@ -48,11 +55,15 @@ class TableHolder(Protocol):
 
     async def wait_drained(self, replica_ids: Collection[str], timeout: float) -> bool: ...
 
+    def stats_snapshot(self) -> dict[str, VersionStats]: ...
 
-async def build_routes(session: AsyncSession) -> dict[str, EndpointRoute]:
+
+async def build_routes(session: AsyncSession, hold: float = 30.0) -> dict[str, EndpointRoute]:
+    """Every endpoint's route; ``hold`` is how long requests wait for replicas that are
+    swapping weights in place (TURNOUT_HOLD_SECONDS)."""
     routes = {}
     for endpoint in await endpoints.list_endpoints(session):
-        routes[endpoint.endpoint_id] = await _route(session, endpoint)
+        routes[endpoint.endpoint_id] = await _route(session, endpoint, hold)
     return routes
 
 
@@ -63,9 +74,12 @@ def next_table(current: RoutingTable, routes: dict[str, EndpointRoute]) -> Routi
     return RoutingTable(MappingProxyType(routes), current.generation + 1)
 
 
-async def _routed_deployments(session: AsyncSession, endpoint: Endpoint) -> list[Deployment]:
+async def _routed_deployments(
+    session: AsyncSession, endpoint: Endpoint
+) -> tuple[list[Deployment], Deployment | None, bool]:
     """The serving deployment, plus one rolling in replica by replica (its replicas serve as
-    soon as they pass their gates)."""
+    soon as they pass their gates); a canary's deployment, when one takes traffic; and
+    whether an in-place swap runs (its replicas leave routing one by one)."""
     routed = []
     if endpoint.serving_deployment_id:
         serving = await deployments.find_deployment(session, endpoint.serving_deployment_id)
@@ -74,40 +88,64 @@ async def _routed_deployments(session: AsyncSession, endpoint: Endpoint) -> list
     running = await deployments.list_deployments(
         session, endpoint_id=endpoint.endpoint_id, states=[DeploymentState.IN_PROGRESS]
     )
-    routed.extend(
-        d for d in running if d.step is Step.ROLLING and d.id != endpoint.serving_deployment_id
+    others = [d for d in running if d.id != endpoint.serving_deployment_id]
+    routed.extend(d for d in others if d.step is Step.ROLLING)
+    canary = next((d for d in others if d.step in CANARY_STEPS and d.traffic_percent > 0), None)
+    swapping = any(
+        d.step is Step.ROLLING and d.policy.strategy is Strategy.IN_PLACE for d in running
     )
-    return routed
+    return routed, canary, swapping
 
 
-async def _route(session: AsyncSession, endpoint: Endpoint) -> EndpointRoute:
-    routed = await _routed_deployments(session, endpoint)
+async def _ready(session: AsyncSession, deployment: Deployment) -> tuple[ReplicaRoute, ...]:
+    version = await versions.get_version_by_pk(session, deployment.version_id)
+    fingerprint = version.fingerprint if version else None
+    return tuple(
+        ReplicaRoute(
+            r.id,
+            r.address,
+            deployment_id=deployment.id,
+            version_id=deployment.version_number,
+            fingerprint=fingerprint,
+        )
+        for r in await replicas.list_replicas(session, deployment_id=deployment.id)
+        if r.state is ReplicaState.READY and r.address
+    )
+
+
+async def _route(session: AsyncSession, endpoint: Endpoint, hold: float) -> EndpointRoute:
+    routed, canary_deployment, swapping = await _routed_deployments(session, endpoint)
     if not routed:
         return EndpointRoute(endpoint.endpoint_id, endpoint.org_name, None, None, None, ())
     found: list[ReplicaRoute] = []
-    fingerprints: dict[str, str | None] = {}
     for deployment in routed:
-        version = await versions.get_version_by_pk(session, deployment.version_id)
-        fingerprints[deployment.id] = version.fingerprint if version else None
-        found.extend(
-            ReplicaRoute(
-                r.id,
-                r.address,
-                deployment_id=deployment.id,
-                version_id=deployment.version_number,
-                fingerprint=fingerprints[deployment.id],
-            )
-            for r in await replicas.list_replicas(session, deployment_id=deployment.id)
-            if r.state is ReplicaState.READY and r.address
-        )
+        found.extend(await _ready(session, deployment))
     main = routed[0]
+    fingerprint = next((r.fingerprint for r in found if r.deployment_id == main.id), None)
+    canary = None
+    if canary_deployment is not None:
+        new = await _ready(session, canary_deployment)
+        canary = CanaryRoute(
+            canary_deployment.id,
+            canary_deployment.version_number,
+            new[0].fingerprint if new else None,
+            canary_deployment.traffic_percent,
+            canary_deployment.policy.sticky,
+            new,
+        )
+    if fingerprint is None:
+        version = await versions.get_version_by_pk(session, main.version_id)
+        fingerprint = version.fingerprint if version else None
     return EndpointRoute(
         endpoint.endpoint_id,
         endpoint.org_name,
         main.id,
         main.version_number,
-        fingerprints[main.id],
+        fingerprint,
         tuple(found),
+        canary,
+        # An in-place swap may empty the table for a moment: requests wait, not a 503.
+        hold if swapping else 0.0,
     )
 
 
@@ -128,6 +166,10 @@ class InProcessFeed:
 
     async def wait_drained(self, replica_ids: Collection[str], timeout: float) -> bool:
         return await self.gateway.wait_drained(replica_ids, timeout)
+
+    async def stats(self, deployment_ids: Collection[str]) -> dict[str, VersionStats]:
+        counted = self.gateway.stats_snapshot()
+        return {d: counted.get(d, VersionStats()) for d in deployment_ids}
 
 
 class StoreFeed:
@@ -160,3 +202,10 @@ class StoreFeed:
                 return True
             await asyncio.sleep(0.1)
         return False
+
+    async def stats(self, deployment_ids: Collection[str]) -> dict[str, VersionStats]:
+        summed = {d: VersionStats() for d in deployment_ids}
+        async with self.db.session() as s:
+            for deployment_id, counters in await routing.gateway_stats(s, deployment_ids):
+                summed[deployment_id] = summed[deployment_id].plus(VersionStats.from_dict(counters))
+        return summed

@@ -45,8 +45,8 @@ class StoreFollower:
     rebuild and a write; otherwise a pass is one indexed read.
     """
 
-    #: Seconds between key-cache refreshes and heartbeats (well inside the worker's 5 s
-    #: liveness window for gateways).
+    #: Seconds between key-cache refreshes, heartbeats and stats reports (well inside the
+    #: worker's 5 s liveness window for gateways).
     REFRESH = 1.0
 
     def __init__(self, db: Database, gateway: TableHolder, keys: KeyTable, gateway_id: str):
@@ -77,3 +77,8 @@ class StoreFollower:
                 self._seen = generation
             if moved or due:
                 await routing.record_gateway(s, self.gateway_id, generation)
+            if due:  # what this gateway counted, for canary gates judged by the worker
+                counted = self.gateway.stats_snapshot()
+                await routing.record_gateway_stats(
+                    s, self.gateway_id, {d: v.to_dict() for d, v in counted.items()}
+                )

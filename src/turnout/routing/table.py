@@ -27,6 +27,23 @@ class ReplicaRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class CanaryRoute:
+    """A canary's new version: it gets ``percent`` of the endpoint's requests.
+
+    With ``sticky`` ``api_key`` or ``header:<name>`` a session is hashed into one of 10,000
+    buckets and goes to the new version when its bucket is below the weight: as the weight
+    only grows, a session moves old -> new once and never back. ``none``: per request.
+    """
+
+    deployment_id: str
+    version_id: int
+    fingerprint: str | None
+    percent: int
+    sticky: str
+    replicas: tuple[ReplicaRoute, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointRoute:
     endpoint_id: str
     org_name: str
@@ -35,6 +52,11 @@ class EndpointRoute:
     #: "fp_" + first 10 hex of the version digest [+ "_" + suffix]; computed by the controller.
     fingerprint: str | None
     replicas: tuple[ReplicaRoute, ...] = ()
+    #: A canary in progress, else None.
+    canary: CanaryRoute | None = None
+    #: While its only replicas swap weights in place, requests wait this long for them
+    #: (TURNOUT_HOLD_SECONDS) instead of a 503; 0: no hold.
+    hold_seconds: float = 0.0
 
     def __str__(self) -> str:
         return f"{self.endpoint_id} (org {self.org_name}, version {self.version_id})"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import asdict
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout.errors import NotFound
+from turnout.policy import SURGE, GateReading, RolloutPolicy, Verdict
 from turnout.states import DeploymentState, Event, Status, Step, advance
 from turnout.store.records import Deployment, DeploymentEvent, Endpoint
 from turnout.store.tables import (
@@ -74,6 +76,14 @@ def _deployment(row: DeploymentRow, org_name: str, arch_id: str, number: int) ->
         error_message=row.error_message,
         created=row.created,
         updated=row.updated,
+        policy=RolloutPolicy.from_json(row.policy),
+        traffic_percent=row.traffic_percent or 0,
+        gates=tuple(
+            GateReading(
+                g["name"], g["threshold"], g["reading"], Verdict(g["verdict"]), g.get("detail", "")
+            )
+            for g in row.gates or ()
+        ),
     )
 
 
@@ -84,6 +94,7 @@ async def create_deployment(
     endpoint: Endpoint,
     version_pk: int,
     alias_used: str | None,
+    policy: RolloutPolicy = SURGE,
 ) -> Deployment:
     seq = (await session.scalar(select(func.max(DeploymentRow.seq)))) or 0
     ts = now()
@@ -99,6 +110,7 @@ async def create_deployment(
             step=Step.SUBMITTED,
             created=ts,
             updated=ts,
+            policy=None if policy == SURGE else policy.to_json(),
         )
     )
     await session.flush()
@@ -225,6 +237,25 @@ async def apply(
         )
     found = await find_deployment(session, deployment_id)
     raise LostRace(deployment_id, expected, Status(found.state, found.step) if found else None)
+
+
+async def set_traffic(session: AsyncSession, deployment_id: str, percent: int) -> None:
+    """The new version's share of the endpoint's traffic (a canary's weight)."""
+    await session.execute(
+        update(DeploymentRow)
+        .where(DeploymentRow.id == deployment_id)
+        .values(traffic_percent=percent, updated=now())
+    )
+
+
+async def set_gates(
+    session: AsyncSession, deployment_id: str, readings: Sequence[GateReading]
+) -> None:
+    await session.execute(
+        update(DeploymentRow)
+        .where(DeploymentRow.id == deployment_id)
+        .values(gates=[asdict(r) for r in readings])
+    )
 
 
 def _event_label(status: Status) -> str:

@@ -6,6 +6,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout.errors import Conflict, NotFound
+from turnout.policy import RolloutPolicy
 from turnout.store.records import Endpoint, Org
 from turnout.store.tables import EndpointRow, OrgRow
 from turnout.store.tenants import now
@@ -22,6 +23,8 @@ def _endpoint(row: EndpointRow, org_name: str) -> Endpoint:
         gpus_per_replica=row.gpus_per_replica,
         serving_deployment_id=row.serving_deployment_id,
         replica_problem=row.replica_problem,
+        follow_alias=row.follow_alias,
+        follow_policy=RolloutPolicy.from_json(row.follow_policy) if row.follow_alias else None,
         created=row.created,
         updated=row.updated,
     )
@@ -111,4 +114,19 @@ async def set_replica_problem(session: AsyncSession, endpoint_id: str, problem: 
             EndpointRow.replica_problem.is_distinct_from(problem),
         )
         .values(replica_problem=problem)
+    )
+
+
+async def set_follow(
+    session: AsyncSession, endpoint_id: str, alias: str | None, policy: RolloutPolicy | None
+) -> None:
+    """Follow ``alias`` (moving it deploys with ``policy``), or stop following (None)."""
+    await session.execute(
+        update(EndpointRow)
+        .where(EndpointRow.endpoint_id == endpoint_id)
+        .values(
+            follow_alias=alias,
+            follow_policy=policy.to_json() if alias and policy else None,
+            updated=now(),
+        )
     )

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from turnout.policy import SURGE, GateReading, RolloutPolicy
 from turnout.states import DeploymentState, ReplicaState, Step
 
 
@@ -99,6 +100,8 @@ class Endpoint:
     replica_problem: str | None
     created: int
     updated: int
+    follow_alias: str | None = None
+    follow_policy: RolloutPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,9 @@ class Deployment:
     error_message: str | None
     created: int
     updated: int
+    policy: RolloutPolicy = SURGE
+    traffic_percent: int = 0
+    gates: tuple[GateReading, ...] = ()
 
     @property
     def model_name(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout.states import ReplicaState
@@ -84,3 +84,12 @@ async def list_replicas(
 
 async def forget_replica(session: AsyncSession, replica_id: str) -> None:
     await session.execute(delete(ReplicaRow).where(ReplicaRow.id == replica_id))
+
+
+async def reassign(session: AsyncSession, replica_id: str, deployment_id: str) -> None:
+    """A replica that reloaded another version's weights now belongs to that deployment."""
+    await session.execute(
+        update(ReplicaRow)
+        .where(ReplicaRow.id == replica_id)
+        .values(deployment_id=deployment_id, updated=now())
+    )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from turnout.store.tables import GatewayRow, RoutingStateRow
+from turnout.store.tables import GatewayRow, GatewayStatsRow, RoutingStateRow
 
 
 async def routing_generation(session: AsyncSession) -> int:
@@ -49,3 +51,34 @@ async def lagging_gateways(
         )
     )
     return [r[0] for r in rows]
+
+
+async def record_gateway_stats(
+    session: AsyncSession, gateway_id: str, stats: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """One gateway's counters per deployment (cumulative, as JSON), replacing its last ones."""
+    ts = time.time()
+    for deployment_id, counters in stats.items():
+        row = await session.get(GatewayStatsRow, (gateway_id, deployment_id))
+        if row is None:
+            session.add(
+                GatewayStatsRow(
+                    gateway_id=gateway_id,
+                    deployment_id=deployment_id,
+                    stats=dict(counters),
+                    updated=ts,
+                )
+            )
+    await session.flush()
+
+
+async def gateway_stats(
+    session: AsyncSession, deployment_ids: Collection[str]
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """Every gateway's last counters of these deployments: (deployment id, counters) rows."""
+    rows = await session.execute(
+        select(GatewayStatsRow.deployment_id, GatewayStatsRow.stats).where(
+            GatewayStatsRow.deployment_id.in_(list(deployment_ids))
+        )
+    )
+    return [(deployment_id, counters) for deployment_id, counters in rows]

@@ -129,6 +129,9 @@ class EndpointRow(Base):
     serving_deployment_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     #: Why the endpoint runs fewer replicas than it wants (e.g. no capacity), else None.
     replica_problem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: An alias the endpoint follows: moving it submits a deployment with ``follow_policy``.
+    follow_alias: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    follow_policy: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
     updated: Mapped[int] = mapped_column(BigInteger)
 
@@ -151,6 +154,12 @@ class DeploymentRow(Base):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
     updated: Mapped[int] = mapped_column(BigInteger)
+    #: The rollout policy as JSON (None: surge); see turnout.policy.
+    policy: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The new version's share of traffic during a canary.
+    traffic_percent: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The last gate readings (opaque to the store).
+    gates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
 
 class DeploymentEventRow(Base):
@@ -210,3 +219,14 @@ class GatewayRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger)
     seen: Mapped[float] = mapped_column(Float)
+
+
+class GatewayStatsRow(Base):
+    """What each gateway process counted per deployment (turnout.routing.stats), so a worker in
+    another process can judge a canary."""
+
+    __tablename__ = "gateway_stats"
+    gateway_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated: Mapped[float] = mapped_column(Float)

@@ -98,7 +98,7 @@ async def deploy_model(
     caller: Caller,
     idempotency_key: IdempotencyKey = None,
 ) -> dwire.DeploymentOperation:
-    return await s.endpoints.deploy(caller, endpoint_id, body.model, idempotency_key)
+    return await s.endpoints.deploy(caller, endpoint_id, body, idempotency_key)
 
 
 @router.get(
@@ -141,3 +141,44 @@ async def cancel_deployment(
 )
 async def rollback(endpoint_id: str, s: ServicesDep, caller: Caller) -> dwire.DeploymentOperation:
     return await s.endpoints.rollback(caller, endpoint_id)
+
+
+# Turnout extensions (DESIGN §8): steering a canary, and endpoints that follow an alias.
+
+
+@router.post(
+    "/deployments/{deployment_id}:pause",
+    summary="Hold a canary at its step",
+    response_model_exclude_none=True,
+)
+async def pause(deployment_id: str, s: ServicesDep, caller: Caller) -> dwire.DeploymentOperation:
+    return await s.endpoints.steer(caller, deployment_id, "pause")
+
+
+@router.post(
+    "/deployments/{deployment_id}:resume",
+    summary="Go on with a paused canary (a fresh window)",
+    response_model_exclude_none=True,
+)
+async def resume(deployment_id: str, s: ServicesDep, caller: Caller) -> dwire.DeploymentOperation:
+    return await s.endpoints.steer(caller, deployment_id, "resume")
+
+
+@router.post(
+    "/deployments/{deployment_id}:promote",
+    summary="Skip a canary's remaining steps: switch all traffic now",
+    response_model_exclude_none=True,
+)
+async def promote(deployment_id: str, s: ServicesDep, caller: Caller) -> dwire.DeploymentOperation:
+    return await s.endpoints.steer(caller, deployment_id, "promote")
+
+
+@router.patch(
+    "/endpoints/{endpoint_id}",
+    summary="Follow an alias: moving it deploys its version with the given policy",
+    response_model_exclude_none=True,
+)
+async def update_endpoint(
+    endpoint_id: str, body: ewire.EndpointUpdate, s: ServicesDep, caller: Caller
+) -> ewire.EndpointStatus:
+    return await s.endpoints.follow(caller, endpoint_id, body)

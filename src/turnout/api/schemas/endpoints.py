@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from turnout.api.schemas.base import ManagementModel
-from turnout.api.schemas.deployments import RolloutStatus
+from turnout.api.schemas.deployments import RolloutPolicySpec, RolloutStatus
 
 
 class EndpointItem(ManagementModel):
@@ -70,3 +70,12 @@ class EndpointStatus(ManagementModel):
     updated: int
     # Turnout extensions (not in the published API)
     replicas: ReplicaSummary | None = None
+    follow_alias: str | None = None
+
+
+class EndpointUpdate(ManagementModel):
+    """Turnout extension: PATCH /management/v1/endpoints/{id}. ``follow_alias``: moving this
+    alias of the endpoint's architecture deploys its version with ``rollout``; null stops."""
+
+    follow_alias: str | None
+    rollout: RolloutPolicySpec | None = None

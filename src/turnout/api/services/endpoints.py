@@ -3,6 +3,7 @@ and the DESIGN §4 extensions)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,9 +13,27 @@ from turnout.api.schemas import endpoints as ewire
 from turnout.api.schemas.base import OperationError
 from turnout.api.services.auth import Principal, check_org
 from turnout.api.services.models import body_hash
-from turnout.errors import BadRequest, Conflict, NotFound, PermissionDenied
-from turnout.ids import VersionRef, new_deployment_id
-from turnout.states import ACTIVE, DeploymentState, Event, IllegalTransition, ReplicaState
+from turnout.errors import BadRequest, Conflict, NotFound, PermissionDenied, ValidationFailed
+from turnout.ids import ALIAS_PATTERN, VersionRef, new_deployment_id
+from turnout.policy import (
+    SURGE,
+    CanaryStep,
+    Gates,
+    GoldenPrompt,
+    OnGateFailure,
+    RolloutPolicy,
+    Strategy,
+)
+from turnout.states import (
+    ACTIVE,
+    CANARY_STEPS,
+    SWITCHED_STEPS,
+    DeploymentState,
+    Event,
+    IllegalTransition,
+    ReplicaState,
+    Step,
+)
 from turnout.store import deployments, replicas, versions
 from turnout.store import endpoints as repo
 from turnout.store.db import Database
@@ -46,9 +65,79 @@ def deployment_schema(
             version_alias=d.alias_used,
             step=d.step,
             events=events,
+            strategy=d.policy.strategy.value,
+            traffic_percent=_traffic(d),
+            gates=[
+                dwire.GateReadingOut(
+                    name=g.name,
+                    threshold=g.threshold,
+                    reading=g.reading,
+                    verdict=g.verdict.value,
+                    detail=g.detail,
+                )
+                for g in d.gates
+            ]
+            or None,
         ),
         error=error,
     )
+
+
+def _traffic(d: Deployment) -> int | None:
+    """The new version's share: a canary's weight while it runs, 100 once it serves."""
+    if d.state is DeploymentState.COMPLETE or d.step in SWITCHED_STEPS:
+        return 100
+    if d.state is DeploymentState.IN_PROGRESS and d.step in CANARY_STEPS:
+        return d.traffic_percent
+    return 0 if d.policy.strategy is Strategy.CANARY else None
+
+
+def policy_from_wire(spec: dwire.RolloutPolicySpec | None, param: str = "rollout") -> RolloutPolicy:
+    """The validated policy; 422 naming the field for what the schema alone cannot check."""
+    if spec is None:
+        return SURGE
+    strategy = Strategy(spec.strategy)
+    if strategy is Strategy.CANARY and not spec.steps:
+        raise ValidationFailed("a canary needs at least one step", param=f"{param}.steps")
+    if strategy is not Strategy.CANARY and spec.steps:
+        raise ValidationFailed(
+            f"steps apply to the canary strategy only, not {strategy}", param=f"{param}.steps"
+        )
+    shares = [step.traffic_percent for step in spec.steps]
+    if shares != sorted(set(shares)):
+        raise ValidationFailed(
+            f"canary steps must raise the traffic share step by step, not {shares}",
+            param=f"{param}.steps",
+        )
+    prompts = []
+    for i, prompt in enumerate(spec.gates.golden_prompts):
+        try:
+            re.compile(prompt.expect_regex)
+        except re.error as exc:
+            raise ValidationFailed(
+                f"expect_regex is not a regular expression: {exc}",
+                param=f"{param}.gates.golden_prompts.{i}.expect_regex",
+            ) from None
+        prompts.append(GoldenPrompt(tuple(prompt.messages), prompt.expect_regex))
+    gates = spec.gates
+    return RolloutPolicy(
+        strategy=strategy,
+        steps=tuple(CanaryStep(s.traffic_percent, s.hold_seconds) for s in spec.steps),
+        sticky=spec.sticky,
+        gates=Gates(
+            min_requests=gates.min_requests,
+            max_error_rate=gates.max_error_rate,
+            max_stream_abort_rate=gates.max_stream_abort_rate,
+            max_ttft_p95_ratio=gates.max_ttft_p95_ratio,
+            max_tpot_p95_ratio=gates.max_tpot_p95_ratio,
+            golden_prompts=tuple(prompts),
+        ),
+        on_gate_failure=OnGateFailure(spec.on_gate_failure),
+    )
+
+
+#: The step each steering operation moves a canary to (its runner follows the stored step).
+STEERING = {"pause": Step.PAUSED, "resume": Step.CANARY, "promote": Step.PROMOTING}
 
 
 class EndpointsService:
@@ -124,6 +213,7 @@ class EndpointsService:
             managing_org_name=endpoint.org_name,
             created=endpoint.created,
             updated=endpoint.updated,
+            follow_alias=endpoint.follow_alias,
             replicas=ewire.ReplicaSummary(
                 ready=sum(r.state is ReplicaState.READY for r in rows),
                 total=len(rows),
@@ -144,9 +234,16 @@ class EndpointsService:
         )
 
     async def deploy(
-        self, principal: Principal, endpoint_id: str, model: str, idem_key: str | None
+        self,
+        principal: Principal,
+        endpoint_id: str,
+        request: dwire.DeployRequest,
+        idem_key: str | None,
     ) -> dwire.DeploymentOperation:
-        ref = VersionRef.parse(model)
+        ref = VersionRef.parse(request.model)
+        policy = policy_from_wire(request.rollout)
+        # The published body alone hashes as before, so old Idempotency-Keys still match.
+        body = request.model if request.rollout is None else request.model_dump_json()
         async with self.db.session() as s:
             endpoint = await self._owned(s, principal, endpoint_id)
             if idem_key:
@@ -154,28 +251,33 @@ class EndpointsService:
                     s, principal.org, f"deploy:{endpoint_id}", idem_key
                 )
                 if found:
-                    if found[0] != body_hash(model):
+                    if found[0] != body_hash(body):
                         raise Conflict(
                             f"Idempotency-Key {idem_key!r} was used with a different body; "
                             "use a new key",
                             code="idempotency_key_reused",
                         )
                     return deployment_schema(await deployments.get_deployment(s, found[1]))
-            deployment = await self._submit(s, principal, endpoint, ref)
+            deployment = await self._submit(s, principal, endpoint, ref, policy)
             if idem_key:
                 await versions.record_idempotent(
                     s,
                     principal.org,
                     f"deploy:{endpoint_id}",
                     idem_key,
-                    body_hash(model),
+                    body_hash(body),
                     deployment.id,
                 )
         self.on_queued()
         return deployment_schema(deployment)
 
     async def _submit(
-        self, s: AsyncSession, principal: Principal, endpoint: Endpoint, ref: VersionRef
+        self,
+        s: AsyncSession,
+        principal: Principal,
+        endpoint: Endpoint,
+        ref: VersionRef,
+        policy: RolloutPolicy = SURGE,
     ) -> Deployment:
         if ref.org_name != principal.org.name:
             raise PermissionDenied(
@@ -205,6 +307,7 @@ class EndpointsService:
             endpoint=endpoint,
             version_pk=version.id,
             alias_used=None if ref.version.isdigit() else ref.version,
+            policy=policy,
         )
 
     async def get_deployment(
@@ -287,6 +390,62 @@ class EndpointsService:
             )
         self.on_queued()
         return deployment_schema(deployment)
+
+    async def steer(
+        self, principal: Principal, deployment_id: str, action: str
+    ) -> dwire.DeploymentOperation:
+        """Pause, resume or promote a running canary (its runner follows the stored step)."""
+        async with self.db.session() as s:
+            d = await deployments.get_deployment(s, deployment_id)
+            if d.org_id != principal.org.id:
+                raise deployments.deployment_not_found(deployment_id)
+            if d.policy.strategy is not Strategy.CANARY:
+                raise Conflict(
+                    f"deployment {deployment_id} is a {d.policy.strategy} rollout; only canary "
+                    f"rollouts can {action}",
+                    param="deployment_id",
+                    code="not_a_canary",
+                )
+            try:
+                d = await deployments.apply(
+                    s,
+                    deployment_id,
+                    Event.PROGRESS,
+                    step=STEERING[action],
+                    message=f"{action} requested",
+                )
+            except (IllegalTransition, LostRace):
+                now = await deployments.get_deployment(s, deployment_id)
+                raise Conflict(
+                    f"deployment {deployment_id} is {now.state} at step {now.step}; {action} "
+                    "applies while a canary step runs (canary, judging or paused)",
+                    param="deployment_id",
+                    code="deployment_not_steerable",
+                ) from None
+        self.on_queued()
+        return deployment_schema(d)
+
+    async def follow(
+        self, principal: Principal, endpoint_id: str, update: ewire.EndpointUpdate
+    ) -> ewire.EndpointStatus:
+        """Follow an alias (the worker deploys its version whenever it moves), or stop."""
+        policy = policy_from_wire(update.rollout)
+        async with self.db.session() as s:
+            endpoint = await self._owned(s, principal, endpoint_id)
+            if update.follow_alias is not None:
+                if not ALIAS_PATTERN.fullmatch(update.follow_alias):
+                    raise ValidationFailed(
+                        f"follow_alias {update.follow_alias!r} is not an alias: it must match "
+                        f"{ALIAS_PATTERN.pattern}",
+                        param="follow_alias",
+                    )
+                # The alias must name a version now (404 names what is missing).
+                await versions.resolve_version(
+                    s, principal.org, endpoint.arch_id, update.follow_alias
+                )
+            await repo.set_follow(s, endpoint_id, update.follow_alias, policy)
+        self.on_queued()
+        return await self.status(principal, endpoint_id)
 
 
 def _cancel_refused(d: Deployment, endpoint_id: str) -> Conflict:
