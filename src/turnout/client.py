@@ -217,6 +217,19 @@ class TurnoutClient:
     def rollback(self, endpoint_id: str) -> Body:
         return self.call("POST", f"{MANAGEMENT}/endpoints/{endpoint_id}:rollback")
 
+    def steer(self, deployment_id: str, action: str) -> Body:
+        """``pause``, ``resume`` or ``promote`` a running canary."""
+        return self.call("POST", f"{MANAGEMENT}/deployments/{deployment_id}:{action}")
+
+    def follow(
+        self, endpoint_id: str, alias: str | None, rollout: Mapping[str, Any] | None = None
+    ) -> Body:
+        """Make the endpoint follow ``alias`` (None: stop following)."""
+        body: Body = {"follow_alias": alias}
+        if rollout is not None:
+            body["rollout"] = dict(rollout)
+        return self.call("PATCH", f"{MANAGEMENT}/endpoints/{endpoint_id}", body)
+
     def wait_deployment(
         self,
         operation: Body,

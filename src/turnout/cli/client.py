@@ -9,13 +9,14 @@ request (4xx; its flat error's message goes to stderr), 3 the server cannot be r
 from __future__ import annotations
 
 import json
-import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from turnout.cli import rollouts
 from turnout.cli.context import EXIT_FAILED, EXIT_REFUSED, JsonFlag, dump, table
 from turnout.client import TurnoutClient, version_name
 
@@ -226,6 +227,11 @@ def deployment_row(d: dict[str, Any]) -> list[object]:
 def show_deployment(api: TurnoutClient, body: dict[str, Any], wait: bool, as_json: bool) -> None:
     if wait:
         body = wait_rollout(api, body)
+        if as_json:  # the live view went to stderr; the result is the last body
+            dump(body)
+            if body["response"]["rollout_status"] != "complete":
+                raise typer.Exit(EXIT_FAILED)
+            return
     dump(body) if as_json else table(DEPLOYMENT_COLUMNS, [deployment_row(body)])
     if body["done"] and body["response"]["rollout_status"] != "complete":
         raise typer.Exit(EXIT_FAILED)
@@ -234,23 +240,9 @@ def show_deployment(api: TurnoutClient, body: dict[str, Any], wait: bool, as_jso
 def wait_rollout(
     api: TurnoutClient, body: dict[str, Any], console: Console = err
 ) -> dict[str, Any]:
-    """Follow the deployment, printing each new rollout event; print how it ended."""
-    seen = 0
-    with console.status(f"deploying {body['response']['deployment_id']}") as status:
-
-        def show(polled: dict[str, Any]) -> None:
-            nonlocal seen
-            events = polled["response"].get("events") or []
-            for e in events[seen:]:
-                at = time.strftime("%H:%M:%S", time.localtime(e["at"]))
-                console.print(f"  {at} [cyan]{e['step']}[/cyan] {e['message']}", highlight=False)
-            seen = max(seen, len(events))
-            r = polled["response"]
-            status.update(
-                f"deployment {r['deployment_id']}: {r['rollout_status']} {r.get('step') or ''}"
-            )
-
-        body = api.wait_deployment(body, show)
+    """Follow the deployment live (traffic split and gate readings for a canary); print how it
+    ended."""
+    body = rollouts.watch(api, body, console)
     if body["response"]["rollout_status"] != "complete":
         message = (body.get("error") or {}).get("message", "deployment did not complete")
         console.print(
@@ -262,13 +254,33 @@ def wait_rollout(
 def deploy(
     endpoint: str,
     model: Annotated[str, typer.Argument(help="ARCH@VERSION or ARCH@ALIAS")],
+    strategy: Annotated[
+        str | None, typer.Option("--strategy", help="surge, rolling, canary or in_place")
+    ] = None,
+    canary: Annotated[
+        str | None, typer.Option("--canary", help="Canary steps in % of traffic, e.g. 5,50")
+    ] = None,
+    hold: Annotated[float, typer.Option("--hold", help="Seconds each canary step is held.")] = 60,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option("--gate", help="NAME=VALUE, e.g. error_rate=0.02 (repeatable)"),
+    ] = None,
+    golden: Annotated[
+        Path | None, typer.Option("--golden", help="JSON file of golden prompts")
+    ] = None,
+    sticky: Annotated[
+        str | None, typer.Option("--sticky", help="none, api_key or header:NAME")
+    ] = None,
+    on_gate_failure: Annotated[
+        str | None, typer.Option("--on-gate-failure", help="rollback (default) or pause")
+    ] = None,
     wait: Wait = False,
     url: Url = DEFAULT_URL,
     org: Org = "",
     key: Key = "",
     as_json: JsonFlag = False,
 ) -> None:
-    """Deploy a version to an endpoint (zero-downtime rollout)."""
+    """Deploy a version to an endpoint (zero-downtime rollout; --canary for a judged one)."""
     if model.startswith("orgs/"):
         name = model
     elif "@" in model:
@@ -277,8 +289,11 @@ def deploy(
     else:
         err.print("[red]error:[/red] MODEL must be ARCH@VERSION or ARCH@ALIAS")
         raise typer.Exit(EXIT_REFUSED)
+    policy = rollouts.policy_from_flags(
+        strategy, canary, hold, gate or [], golden, sticky, on_gate_failure
+    )
     api = connect(url, key)
-    show_deployment(api, api.deploy(endpoint, name), wait, as_json)
+    show_deployment(api, api.deploy(endpoint, name, rollout=policy), wait, as_json)
 
 
 def rollback(
@@ -328,6 +343,34 @@ def deployments_cancel(
     """Cancel a queued or running deployment; the serving version keeps serving."""
     body = connect(url, key).cancel(endpoint, deployment_id)
     dump(body) if as_json else table(DEPLOYMENT_COLUMNS, [deployment_row(body)])
+
+
+@deployments_app.command("pause")
+def deployments_pause(
+    deployment_id: str, url: Url = DEFAULT_URL, key: Key = "", as_json: JsonFlag = False
+) -> None:
+    """Hold a canary at its step."""
+    rollouts.steer("pause", deployment_id, url, key, as_json)
+
+
+@deployments_app.command("resume")
+def deployments_resume(
+    deployment_id: str, url: Url = DEFAULT_URL, key: Key = "", as_json: JsonFlag = False
+) -> None:
+    """Go on with a paused canary (its gates judge a fresh window)."""
+    rollouts.steer("resume", deployment_id, url, key, as_json)
+
+
+@deployments_app.command("promote")
+def deployments_promote(
+    deployment_id: str, url: Url = DEFAULT_URL, key: Key = "", as_json: JsonFlag = False
+) -> None:
+    """Skip a canary's remaining steps: all traffic to the new version now."""
+    rollouts.steer("promote", deployment_id, url, key, as_json)
+
+
+deployments_app.command("watch")(rollouts.deployments_watch)
+endpoints_app.command("follow")(rollouts.endpoints_follow)
 
 
 # ---------------------------------------------------------------- chat
