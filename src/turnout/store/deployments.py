@@ -280,3 +280,20 @@ async def list_events(session: AsyncSession, deployment_id: str) -> list[Deploym
         .order_by(DeploymentEventRow.id)
     )
     return [DeploymentEvent(at=r.at, step=r.step, message=r.message) for r in rows]
+
+
+async def events_of(
+    session: AsyncSession, deployment_ids: Collection[str]
+) -> dict[str, list[DeploymentEvent]]:
+    """The histories of several deployments in one query, each oldest first."""
+    found: dict[str, list[DeploymentEvent]] = {d: [] for d in deployment_ids}
+    if not found:
+        return found
+    rows = await session.scalars(
+        select(DeploymentEventRow)
+        .where(DeploymentEventRow.deployment_id.in_(list(found)))
+        .order_by(DeploymentEventRow.id)
+    )
+    for r in rows:
+        found[r.deployment_id].append(DeploymentEvent(at=r.at, step=r.step, message=r.message))
+    return found
