@@ -3,6 +3,7 @@
 Layout under ``weights_dir``::
 
     sha256/<hex>/            published, read-only model directories, one per distinct content
+    manifests/<hex>.json     each one's manifest (names, sizes, sha256), for fleet nodes
     .staging/<job>/model/    files being gathered for one sync job
     .staging/<job>/work/     a source's scratch space (partial downloads, resume sidecars)
 
@@ -108,15 +109,23 @@ class WeightStore:
     def staging_root(self) -> Path:
         return self.root / ".staging"
 
+    @property
+    def manifests_root(self) -> Path:
+        return self.root / "manifests"
+
     def path_for(self, hexdigest: str) -> Path:
         return self.published_root / hexdigest
+
+    def manifest_path(self, hexdigest: str) -> Path:
+        """Where a published directory's manifest is kept (beside the store, not in it)."""
+        return self.manifests_root / f"{hexdigest}.json"
 
     def manifest(self, hexdigest: str) -> Manifest:
         """The published directory's manifest (its files' names, sizes and sha256), kept
         beside it at publication; computed once for directories published before that."""
         if not _HEX64.fullmatch(hexdigest) or not self.path_for(hexdigest).is_dir():
             raise FileNotFoundError(f"no published weights with digest sha256:{hexdigest}")
-        saved = self.published_root / f"{hexdigest}.manifest.json"
+        saved = self.manifest_path(hexdigest)
         try:
             return Manifest.from_json(saved.read_text())
         except (OSError, ValueError, KeyError):
@@ -124,6 +133,7 @@ class WeightStore:
         manifest = hash_model_dir(self.path_for(hexdigest))
         if manifest.hexdigest != hexdigest:
             raise ValueError(f"weights sha256:{hexdigest} no longer match their digest")
+        self.manifests_root.mkdir(exist_ok=True)
         _write_atomically(saved, manifest.to_json())
         return manifest
 
@@ -168,9 +178,8 @@ class WeightStore:
         # The directory is made read-only only after the rename: Linux needs write permission
         # on a directory to move it to another parent (its ".." entry changes).
         target.chmod(0o555)
-        _write_atomically(
-            self.published_root / f"{manifest.hexdigest}.manifest.json", manifest.to_json()
-        )
+        self.manifests_root.mkdir(exist_ok=True)
+        _write_atomically(self.manifest_path(manifest.hexdigest), manifest.to_json())
         _fsync_dir(self.published_root)
         remove_tree(staging.root)
         return target
