@@ -230,8 +230,9 @@ def test_bad_requests_change_nothing(
 ) -> None:
     before = versions_snapshot(api)
     path = f"{V1}/orgs/my-org/models/tiny-llama/versions/1"
-    assert_error(api.patch(path, json={"version_aliases": ["Bad_Alias"]}), 400, "Bad_Alias")
-    assert_error(upload(api, str(env["good"]), ["1starts-with-digit"]), 400, "does not match")
+    # Pattern violations are schema violations (issue 13): 422 naming the field path.
+    assert_error(api.patch(path, json={"version_aliases": ["Bad_Alias"]}), 422, "Bad_Alias")
+    assert_error(upload(api, str(env["good"]), ["1starts-with-digit"]), 422, "does not match")
     assert_error(upload(api, "file:///etc"), 400, "TURNOUT_ALLOWED_LOCAL_ROOTS")
     assert_error(api.get(f"{V1}/orgs/no-org/models"), 404, "no-org")
     assert_error(api.get(f"{V1}/orgs/my-org/models/no-arch/versions"), 404, "no-arch")

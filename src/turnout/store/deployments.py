@@ -102,6 +102,12 @@ async def create_deployment(
         )
     )
     await session.flush()
+    # The endpoint's `updated` (reference §1.7) moves with every deployment submitted to it.
+    await session.execute(
+        update(EndpointRow)
+        .where(EndpointRow.endpoint_id == endpoint.endpoint_id)
+        .values(updated=ts)
+    )
     await add_event(session, deployment_id, Step.SUBMITTED, "deployment queued")
     return await get_deployment(session, deployment_id)
 

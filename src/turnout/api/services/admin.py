@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from turnout.api.schemas import admin as wire
 from turnout.errors import BadRequest, NotFound
-from turnout.ids import NAME_PATTERN, hash_key, new_key, new_key_id
+from turnout.ids import KEY_ID_PATTERN, NAME_PATTERN, full_match, hash_key, new_key, new_key_id
 from turnout.placement.engines import EngineCatalog
 from turnout.registry.architectures import (
     BUILTIN_ARCHITECTURES,
@@ -32,7 +32,7 @@ def catalog_records() -> list[ArchitectureRecord]:
 
 
 def _check_name(value: str, what: str, param: str) -> None:
-    if not NAME_PATTERN.match(value):
+    if not full_match(NAME_PATTERN, value):
         raise BadRequest(
             f"{what} {value!r} is not a valid name: use 2-128 lowercase letters, digits, '.' "
             "or '-', starting with a letter and ending with a letter or digit",
@@ -149,6 +149,8 @@ class AdminService:
         return wire.KeyList(keys=[_key_out(k) for k in keys])
 
     async def revoke_key(self, key_id: str) -> wire.KeyOut:
+        if not full_match(KEY_ID_PATTERN, key_id):  # not an id we give out: names no key
+            raise NotFound(f"key {key_id!r} does not exist", param="key_id")
         async with self.db.session() as s:
             key = await tenants.revoke_key(s, key_id)
         self.on_keys_changed()

@@ -12,8 +12,15 @@ from turnout.api.schemas import endpoints as ewire
 from turnout.api.schemas.base import OperationError
 from turnout.api.services.auth import Principal, check_org
 from turnout.api.services.models import body_hash
+from turnout.api.services.races import run_again_on_race
 from turnout.errors import BadRequest, Conflict, NotFound, PermissionDenied
-from turnout.ids import VersionRef, new_deployment_id
+from turnout.ids import (
+    DEPLOYMENT_ID_PATTERN,
+    VersionRef,
+    full_match,
+    new_deployment_id,
+    version_number,
+)
 from turnout.states import ACTIVE, DeploymentState, Event, IllegalTransition, ReplicaState
 from turnout.store import deployments, replicas, versions
 from turnout.store import endpoints as repo
@@ -147,31 +154,33 @@ class EndpointsService:
         self, principal: Principal, endpoint_id: str, model: str, idem_key: str | None
     ) -> dwire.DeploymentOperation:
         ref = VersionRef.parse(model)
-        async with self.db.session() as s:
-            endpoint = await self._owned(s, principal, endpoint_id)
-            if idem_key:
-                found = await versions.find_idempotent(
-                    s, principal.org, f"deploy:{endpoint_id}", idem_key
-                )
-                if found:
-                    if found[0] != body_hash(model):
-                        raise Conflict(
-                            f"Idempotency-Key {idem_key!r} was used with a different body; "
-                            "use a new key",
-                            code="idempotency_key_reused",
-                        )
-                    return deployment_schema(await deployments.get_deployment(s, found[1]))
-            deployment = await self._submit(s, principal, endpoint, ref)
-            if idem_key:
-                await versions.record_idempotent(
-                    s,
-                    principal.org,
-                    f"deploy:{endpoint_id}",
-                    idem_key,
-                    body_hash(model),
-                    deployment.id,
-                )
-        self.on_queued()
+        route = f"deploy:{endpoint_id}"
+
+        async def submit() -> tuple[Deployment, bool]:
+            async with self.db.session() as s:
+                endpoint = await self._owned(s, principal, endpoint_id)
+                if idem_key:
+                    found = await versions.find_idempotent(s, principal.org, route, idem_key)
+                    if found:
+                        if found[0] != body_hash(model):
+                            raise Conflict(
+                                f"Idempotency-Key {idem_key!r} was used with a different body; "
+                                "use a new key",
+                                code="idempotency_key_reused",
+                            )
+                        return await deployments.get_deployment(s, found[1]), False
+                deployment = await self._submit(s, principal, endpoint, ref)
+                if idem_key:
+                    await versions.record_idempotent(
+                        s, principal.org, route, idem_key, body_hash(model), deployment.id
+                    )
+            return deployment, True
+
+        # Concurrent deploys race for the next seq (unique), and concurrent retries with one
+        # Idempotency-Key for its record: the loser runs again and finds the winner's row.
+        deployment, new = await run_again_on_race(":deployModel", submit)
+        if new:
+            self.on_queued()
         return deployment_schema(deployment)
 
     async def _submit(
@@ -204,12 +213,14 @@ class EndpointsService:
             deployment_id=new_deployment_id(),
             endpoint=endpoint,
             version_pk=version.id,
-            alias_used=None if ref.version.isdigit() else ref.version,
+            alias_used=None if version_number(ref.version) is not None else ref.version,
         )
 
     async def get_deployment(
         self, principal: Principal, deployment_id: str
     ) -> dwire.DeploymentOperation:
+        if not full_match(DEPLOYMENT_ID_PATTERN, deployment_id):
+            raise deployments.deployment_not_found(deployment_id)  # not an id we ever give out
         async with self.db.session() as s:
             d = await deployments.get_deployment(s, deployment_id)
             if d.org_id != principal.org.id:
@@ -232,7 +243,9 @@ class EndpointsService:
     ) -> dwire.DeploymentOperation:
         async with self.db.session() as s:
             await self._owned(s, principal, endpoint_id)
-            d = await deployments.find_deployment(s, deployment_id)
+            d = None
+            if full_match(DEPLOYMENT_ID_PATTERN, deployment_id):
+                d = await deployments.find_deployment(s, deployment_id)
             if d is None or d.endpoint_id != endpoint_id:
                 raise NotFound(
                     f"deployment {deployment_id!r} does not exist on endpoint {endpoint_id!r}",
