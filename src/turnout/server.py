@@ -36,13 +36,14 @@ from turnout.placement.engines import EngineCatalog
 from turnout.placement.gpus import gpu_ids
 from turnout.placement.local import LocalPlacement, LocalPlacementConfig
 from turnout.registry.config import SyncConfig
-from turnout.registry.sync import check_source_uri
+from turnout.registry.scope import grant_key
+from turnout.registry.sync import check_org_source
 from turnout.registry.weightstore import WeightStore
 from turnout.registry.worker import SyncWorker
 from turnout.rollout.controller import RolloutConfig, RolloutController
 from turnout.routing.feed import InProcessFeed, RoutingFeed, StoreFeed
 from turnout.routing.follower import KeyRefresher, StoreFollower
-from turnout.settings import Settings
+from turnout.settings import Settings, check_secrets
 from turnout.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ def sync_config(settings: Settings) -> SyncConfig:
         s3_region=settings.s3_region,
         s3_addressing_style=settings.s3_addressing_style,
         max_total_bytes=settings.max_weight_bytes,
+        part_size=settings.s3_part_size,
+        allowed_s3_prefixes=tuple(grant_key(p)[1] for p in settings.allowed_s3_prefixes),
+        allowed_hf_repos=tuple(grant_key(p)[1] for p in settings.allowed_hf_repos),
     )
 
 
@@ -153,7 +157,9 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
+    check_secrets(settings)
     db = Database(settings.resolved_database_url())
+    db.claim_for_server()  # SQLite: one server per data dir
     config = sync_config(settings)
     engines = EngineCatalog.from_file(settings.engine_templates)
     router, keys = Router(), StaticInferenceKeys()
@@ -173,7 +179,9 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
     services = Services(
         db=db,
         models=ModelsService(
-            db, lambda uri: check_source_uri(uri, config), sync.notify if sync else _nothing
+            db,
+            lambda uri, org, grants: check_org_source(uri, config, org, grants),
+            sync.notify if sync else _nothing,
         ),
         endpoints=EndpointsService(db, rollout.notify if rollout else _nothing),
         admin=AdminService(
@@ -252,7 +260,9 @@ def create_server_app(settings: Settings, role: Role = Role.ALL) -> FastAPI:
     if role is Role.GATEWAY:
         bare = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
         bare.add_api_route("/healthz", healthz, methods=["GET"])
-        app = create_gateway_app(runtime.router, runtime.keys, fallback=bare)
+        app = create_gateway_app(
+            runtime.router, runtime.keys, fallback=bare, metrics_token=settings.metrics_token
+        )
     elif role is Role.WORKER:
         app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
         app.add_api_route("/healthz", healthz, methods=["GET"])
@@ -267,7 +277,12 @@ def create_server_app(settings: Settings, role: Role = Role.ALL) -> FastAPI:
         app = (
             management
             if role is Role.API
-            else create_gateway_app(runtime.router, runtime.keys, fallback=management)
+            else create_gateway_app(
+                runtime.router,
+                runtime.keys,
+                fallback=management,
+                metrics_token=settings.metrics_token,
+            )
         )
     app.state.runtime = runtime
     return app

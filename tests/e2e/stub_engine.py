@@ -101,7 +101,10 @@ def main() -> None:
     parser.add_argument("--gate-dir", default="")
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--env-dump", default="", help="write os.environ here as JSON at start")
     args = parser.parse_args()
+    if args.env_dump:
+        Path(args.env_dump).write_text(json.dumps(dict(os.environ)))
     Handler.served_name = args.served_name
     Handler.tag = "v:" + os.path.basename(args.model_dir.rstrip("/"))
     Handler.gate_dir = Path(args.gate_dir) if args.gate_dir else None

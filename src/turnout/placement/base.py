@@ -30,6 +30,9 @@ class EngineCommand:
     argv: tuple[str, ...]
     health_path: str = "/health"
     ready_path: str = "/ready"
+    #: Variables of the server's environment the engine gets beyond the allow-list
+    #: (:func:`turnout.placement.engines.engine_environment`), e.g. ``HF_TOKEN``.
+    env: tuple[str, ...] = ()
 
 
 BUILTIN_ENGINE = EngineCommand(

@@ -46,7 +46,7 @@ from turnout.placement.base import (
     ReplicaSpec,
     ReplicaStatus,
 )
-from turnout.placement.engines import render_argv
+from turnout.placement.engines import engine_environment, passed_through, render_argv
 from turnout.states import ReplicaState
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class LocalPlacement:
         argv = render_argv(
             spec, model_dir=spec.model_dir, host=self._cfg.host, port=port, python=self._cfg.python
         )
-        env = dict(spec.env)
+        env = {**passed_through(spec.engine, os.environ), **dict(spec.env)}
         if self._cfg.gpu_ids or gpus:
             # Only its own GPUs: none at all for a CPU replica on a GPU machine.
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
@@ -312,7 +312,8 @@ class LocalPlacement:
         if self._cfg.die_with_parent:
             argv = [self._cfg.python, "-I", "-S", "-c", process.DIE_WITH_PARENT, str(os.getpid())]
             argv += rep.argv
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **rep.env}
+        # Allow-listed, never all of ours: the server's secrets stay in the server.
+        env = {**engine_environment(os.environ), "PYTHONUNBUFFERED": "1", **rep.env}
         with rep.log_path.open("ab") as log:
             log.write(f"--- turnout: starting {rep.replica_id}: {' '.join(rep.argv)}\n".encode())
             log.flush()

@@ -35,6 +35,42 @@ async def list_orgs(s: ServicesDep) -> wire.OrgList:
 
 
 @router.post(
+    "/orgs/{org}/sources",
+    summary="Let an org sync weights from an S3 prefix, a local directory or a HF namespace",
+    responses={**BODY, **error_responses(404)},
+)
+async def allow_source(org: str, body: wire.SourceAllow, s: ServicesDep) -> wire.SourceOut:
+    return await s.admin.allow_source(org, body.uri, body.credentials)
+
+
+@router.get(
+    "/orgs/{org}/sources",
+    summary="The weight sources an org may sync from",
+    responses=error_responses(404),
+)
+async def list_sources(org: str, s: ServicesDep) -> wire.SourceList:
+    return await s.admin.list_sources(org)
+
+
+@router.post(
+    "/orgs/{org}/sources:remove",
+    summary="Withdraw a weight source from an org",
+    responses={**BODY, **error_responses(404)},
+)
+async def remove_source(org: str, body: wire.SourceRemove, s: ServicesDep) -> wire.SourceList:
+    return await s.admin.remove_source(org, body.uri)
+
+
+@router.get(
+    "/deployments/{deployment_id}",
+    summary="A deployment as the operator sees it: full error and events",
+    responses=error_responses(404),
+)
+async def deployment(deployment_id: str, s: ServicesDep) -> wire.DeploymentDetail:
+    return await s.admin.deployment(deployment_id)
+
+
+@router.post(
     "/keys",
     summary="Create a key; the response is the only time it is shown",
     responses={**BODY, **error_responses(404)},

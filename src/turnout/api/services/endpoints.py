@@ -13,6 +13,7 @@ from turnout.api.schemas.base import OperationError
 from turnout.api.services.auth import Principal, check_org
 from turnout.api.services.models import body_hash
 from turnout.api.services.races import run_again_on_race
+from turnout.api.services.redact import tenant_text
 from turnout.errors import BadRequest, Conflict, NotFound, PermissionDenied
 from turnout.ids import (
     DEPLOYMENT_ID_PATTERN,
@@ -35,9 +36,9 @@ def deployment_schema(
     state = d.state
     error = None
     if state in (DeploymentState.FAILED, DeploymentState.CANCELLED):
-        error = OperationError(
-            code=d.error_code or state.value, message=d.error_message or f"deployment {state}"
-        )
+        # Stored for the operator (engine log lines, paths); the tenant gets a redacted line.
+        message = tenant_text(d.error_message or f"deployment {state}", internal_urls=True)
+        error = OperationError(code=d.error_code or state.value, message=message)
     return dwire.DeploymentOperation(
         name=d.id,
         done=state not in ACTIVE,
@@ -227,7 +228,13 @@ class EndpointsService:
                 raise deployments.deployment_not_found(deployment_id)  # as for an unknown id
             events = await deployments.list_events(s, deployment_id)
         return deployment_schema(
-            d, [dwire.DeploymentEvent(at=e.at, step=e.step, message=e.message) for e in events]
+            d,
+            [
+                dwire.DeploymentEvent(
+                    at=e.at, step=e.step, message=tenant_text(e.message, internal_urls=True)
+                )
+                for e in events
+            ],
         )
 
     async def list_deployments(

@@ -5,30 +5,38 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
 from turnout.api.schemas import versions as wire
 from turnout.api.schemas.architectures import ArchitectureList
 from turnout.api.schemas.base import OperationError
 from turnout.api.services.auth import Principal, check_org
 from turnout.api.services.races import run_again_on_race
+from turnout.api.services.redact import tenant_text
 from turnout.errors import Conflict, NotFound, ValidationFailed, VersionInUse
 from turnout.ids import ALIAS_PATTERN, FINGERPRINT_SUFFIX_PATTERN, full_match
 from turnout.registry.architectures import get_architecture
+from turnout.registry.scope import Grant
 from turnout.states import ACTIVE
-from turnout.store import deployments, tenants, versions
+from turnout.store import deployments, sources, tenants, versions
 from turnout.store.db import Database
 from turnout.store.records import ModelVersion, Org, SyncStatus
 
 
 class SourceCheck(Protocol):
-    def __call__(self, uri: str) -> None: ...
+    """Raises SourceNotAllowed (403) or BadRequest for a URI ``org`` may not sync from."""
+
+    def __call__(self, uri: str, org: str, grants: list[Grant]) -> None: ...
 
 
 def version_schema(v: ModelVersion) -> wire.ModelVersion:
     status = v.sync_status
     error = None
     if status is SyncStatus.FAILED:
-        error = OperationError(code="sync_failed", message=v.sync_error or "sync failed")
+        # The tenant's own URI stays readable; other server paths do not reach it.
+        own = (v.weight_uri, unquote(urlsplit(v.weight_uri).path))
+        message = tenant_text(v.sync_error or "sync failed", keep=own)
+        error = OperationError(code="sync_failed", message=message)
     return wire.ModelVersion(
         name=v.name,
         done=status in (SyncStatus.DONE, SyncStatus.FAILED),
@@ -106,7 +114,11 @@ class ModelsService:
                 f"{FINGERPRINT_SUFFIX_PATTERN.pattern}",
                 param="model.system_fingerprint_suffix",
             )
-        self.check_source(req.model.weight_uri)
+        async with self.db.session() as s:
+            own = [
+                Grant(g.scheme, g.prefix, g.credentials) for g in await sources.grants(s, org.id)
+            ]
+        self.check_source(req.model.weight_uri, org.name, own)
         digest = body_hash(req.model_dump_json())
 
         async def create() -> tuple[wire.ModelVersion, bool]:
