@@ -148,6 +148,9 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._claim is not None:
+            self._claim.close()  # frees the server claim
+            self._claim = None
 
 
 @contextmanager
