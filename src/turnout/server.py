@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,12 @@ from turnout.settings import Settings, check_secrets
 from turnout.store.db import Database
 
 log = logging.getLogger(__name__)
+
+#: Seconds between a leader's checks of its lock (each check bounded by as long).
+LEADER_CHECK = 0.5
+#: Seconds a worker waits after taking the leader lock before it acts: longer than a deposed
+#: leader needs to notice (LEADER_CHECK twice), with room for a loaded machine.
+LEADER_GRACE = 3.0
 
 
 class Role(StrEnum):
@@ -123,18 +130,57 @@ class Runtime:
         self._loop("rollout", self.rollout.reconcile, self.rollout.wakeup, 1.0)
 
     async def _lead(self) -> None:
-        """Wait for the leader lock (held by a session for this process's life), then work."""
+        """Wait for the leader lock (held by a session for this process's life), then work.
+
+        Fenced: a leader checks its lock every LEADER_CHECK seconds (each check bounded by the
+        same time) and stops acting as soon as it is gone; a new leader waits LEADER_GRACE,
+        longer than that, before it acts. So two workers never act at once, even when the old
+        leader's database session dropped while the process itself lives on."""
         waited = False
         while not self.stopping.is_set():
             if await self.db.try_leader_lock():
+                log.info("worker %s took the leader lock; acting in %gs", os.getpid(), LEADER_GRACE)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), timeout=LEADER_GRACE)
+                if self.stopping.is_set():
+                    return
+                if not await self.db.still_leader(LEADER_CHECK):
+                    await self.db.release_leader_lock()  # lost while waiting: stand by again
+                    continue
                 log.info("worker %s is the leader", os.getpid())
                 await self._start_workers()
+                self.tasks.append(asyncio.create_task(self._keep_lead(), name="leader lease"))
                 return
             if not waited:
                 log.info("worker %s on standby until the leader lock frees", os.getpid())
                 waited = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=2.0)
+
+    async def _keep_lead(self) -> None:
+        """Stop acting the moment the leader lock is gone, then end the process (its
+        supervisor starts it again, as a standby)."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=LEADER_CHECK)
+            if self.stopping.is_set() or await self.db.still_leader(LEADER_CHECK):
+                continue
+            log.error(
+                "worker %s lost the leader lock (its database session dropped); it stops "
+                "acting now and exits",
+                os.getpid(),
+            )
+            current = asyncio.current_task()
+            for task in self.tasks:
+                if task is not current:
+                    task.cancel()
+            if self.rollout is not None:
+                await self.rollout.close()
+            if self.sync is not None:
+                await self.sync.close()
+            log.error("worker %s stopped acting", os.getpid())
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
     async def stop(self) -> None:
         self.stopping.set()

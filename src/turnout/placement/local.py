@@ -52,7 +52,9 @@ from turnout.states import ReplicaState
 logger = logging.getLogger(__name__)
 
 _TERMINAL = (ReplicaState.STOPPED, ReplicaState.FAILED)
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Replica ids are the endpoint id (up to 128 characters) plus two suffixes, up to 200 in all
+# (the replicas.id column); each names a pid record and a log file (file names: 255 bytes).
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 @dataclass(frozen=True, slots=True)

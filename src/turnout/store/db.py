@@ -6,7 +6,10 @@ URLs are mapped to the async drivers (``sqlite://`` → aiosqlite, ``postgresql:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -26,6 +29,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from turnout.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -141,9 +146,34 @@ class Database:
         await conn.close()
         return False
 
+    async def still_leader(self, timeout: float) -> bool:
+        """Whether this process still holds the leader lock: its session is alive and the lock
+        granted. False when the session dropped (a network cut, a restarted database, an
+        administrator's ``pg_terminate_backend``): PostgreSQL freed the lock with it, and
+        another worker may take it. SQLite: always True."""
+        if self.is_sqlite:
+            return True
+        if self._leader is None:
+            return False
+        try:
+            held = await asyncio.wait_for(
+                self._leader.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
+                        "objid = 774212 AND pid = pg_backend_pid() AND granted"
+                    )
+                ),
+                timeout,
+            )
+        except Exception:  # any failure of the lock's own session means it is gone
+            log.warning("the leader lock's database session failed", exc_info=True)
+            return False
+        return bool(held)
+
     async def release_leader_lock(self) -> None:
         if self._leader is not None:
-            await self._leader.close()
+            with contextlib.suppress(Exception):  # its session may be gone already
+                await self._leader.close()
             self._leader = None
 
     async def dispose(self) -> None:

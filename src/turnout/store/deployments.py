@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Collection
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout.errors import NotFound
@@ -85,6 +85,11 @@ async def create_deployment(
     version_pk: int,
     alias_used: str | None,
 ) -> Deployment:
+    if session.get_bind().dialect.name == "postgresql":
+        # Submissions take their seq one at a time (the lock is held to the commit), so
+        # concurrent deploys get distinct numbers in commit order without retrying. The
+        # unique constraint stays the guard (SQLite writers serialize on their own).
+        await session.execute(text("SELECT pg_advisory_xact_lock(774213)"))
     seq = (await session.scalar(select(func.max(DeploymentRow.seq)))) or 0
     ts = now()
     session.add(

@@ -9,7 +9,9 @@ number, or the operation recorded under the key.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ATTEMPTS: Final = 8
+ATTEMPTS: Final = 20
 
 
 async def run_again_on_race(what: str, work: Callable[[], Awaitable[T]]) -> T:
@@ -32,6 +34,8 @@ async def run_again_on_race(what: str, work: Callable[[], Awaitable[T]]) -> T:
             return await work()
         except IntegrityError as exc:
             log.info("%s lost a race with a concurrent request (try %d): %s", what, attempt, exc)
+            # A little jitter, so the losers of one round do not collide again in step.
+            await asyncio.sleep(random.uniform(0, 0.01 * attempt))
     raise Conflict(
         f"{what} kept colliding with concurrent requests; retry it",
         code="concurrent_update",
