@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from turnout.errors import NotFound, TurnoutError, Unauthenticated
@@ -96,6 +97,7 @@ def create_gateway_app(
     )
     app.proxy = proxy
     app.add_exception_handler(TurnoutError, _render_error)
+    app.add_exception_handler(StarletteHTTPException, _render_http_error)
     _add_routes(app, router, keys, metrics, metrics_token)
     if fallback is not None:
         app.mount("/", fallback)
@@ -105,6 +107,16 @@ def create_gateway_app(
 async def _render_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TurnoutError)  # registered for TurnoutError only
     return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _render_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (a path no route or mount matches, e.g. one holding a newline)
+    in the flat body too, never ``{"detail": ...}``."""
+    assert isinstance(exc, StarletteHTTPException)
+    body = {"message": f"no route {request.method} {request.url.path}", "param": None,
+            "type": "invalid_request_error", "code": "not_found" if exc.status_code == 404
+            else f"http_{exc.status_code}"}  # fmt: skip
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def _add_routes(
