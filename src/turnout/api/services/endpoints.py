@@ -136,7 +136,11 @@ class EndpointsService:
                 ready=sum(r.state is ReplicaState.READY for r in rows),
                 total=len(rows),
                 wanted=endpoint.replicas,
-                problem=endpoint.replica_problem,
+                problem=(
+                    tenant_text(endpoint.replica_problem, internal_urls=True)
+                    if endpoint.replica_problem
+                    else None
+                ),
                 items=[
                     ewire.ReplicaItem(
                         replica_id=r.id,
