@@ -181,26 +181,39 @@ def _report(
     plain: int,
 ) -> dict[str, Any]:
     # A request that started after deployment i completed (its old replicas drained and
-    # stopped) and before deployment i+1 switched must be answered by deployment i's version;
-    # between a switch and its completion either version may answer (in-flight work drains).
+    # stopped) and finished before deployment i+1 switched must be answered by deployment i's
+    # version. Between a switch and its completion either version may answer (in-flight work
+    # drains), and a request sent just before a switch may reach the gateway just after it:
+    # those are not counted.
     done_at = [complete for _, complete, _ in completed]
     old_by_engine = old_by_header = checked = 0
+    examples: list[dict[str, Any]] = []
+    gaps = sorted(complete - switched for switched, complete, _ in completed[1:])
     for o in outcomes:
         i = bisect.bisect_right(done_at, o.started) - 1
         next_switch = completed[i + 1][0] if i + 1 < len(completed) else float("inf")
-        if o.error is not None or o.started >= next_switch:
+        if o.error is not None or o.finished >= next_switch:
             continue
         label = completed[i][2]
         checked += 1
-        if o.served_digest and o.served_digest != digests[label]:
-            old_by_engine += 1
-        if o.header_version != env.version_id(label):
-            old_by_header += 1
+        wrong_engine = bool(o.served_digest) and o.served_digest != digests[label]
+        wrong_header = o.header_version != env.version_id(label)
+        old_by_engine += wrong_engine
+        old_by_header += wrong_header
+        if (wrong_engine or wrong_header) and len(examples) < 10:
+            examples.append({
+                "started_after_complete_ms": round((o.started - completed[i][1]) * 1000, 1),
+                "finished_before_next_switch_ms": round((next_switch - o.finished) * 1000, 1),
+                "finished_after_start_ms": round((o.finished - o.started) * 1000, 1),
+                "stream": o.stream, "header_version": o.header_version,
+                "expected_version": env.version_id(label),
+                "engine_says_expected": o.served_digest == digests[label],
+            })  # fmt: skip
     minutes = (ended - began) / 60
     return {
         "switches_requested": switches,
         "switches_completed": len(completed) - 1,
-        "requests_checked_for_old_versions": sum(1 for o in outcomes if o.error is None),
+        "requests_checked_for_old_versions": checked,
         "failed_deployments": failed_deployments,
         "minutes": round(minutes, 2),
         "switches_per_minute": round((len(completed) - 1) / minutes, 1) if minutes else None,
@@ -214,6 +227,8 @@ def _report(
         ),  # fmt: skip
         "old_version_after_switch_by_engine_text": old_by_engine,
         "old_version_after_switch_by_header": old_by_header,
+        "old_version_examples": examples,
+        "switch_to_complete_ms_median": round(gaps[len(gaps) // 2] * 1000, 1) if gaps else None,
         "hung_clients": hung,
         "max_request_seconds": round(max((o.finished - o.started for o in outcomes), default=0), 3),
         "machine": {

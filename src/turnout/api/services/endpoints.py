@@ -11,7 +11,7 @@ from turnout.api.schemas import deployments as dwire
 from turnout.api.schemas import endpoints as ewire
 from turnout.api.schemas.base import OperationError
 from turnout.api.services.auth import Principal, check_org
-from turnout.api.services.models import body_hash
+from turnout.api.services.models import body_hash, sync_error_text
 from turnout.api.services.races import run_again_on_race
 from turnout.api.services.redact import tenant_text
 from turnout.errors import BadRequest, Conflict, NotFound, PermissionDenied
@@ -206,7 +206,8 @@ class EndpointsService:
             )
         version = await versions.resolve_version(s, principal.org, ref.arch_id, ref.version)
         if version.sync_status is not SyncStatus.DONE:
-            detail = f": {version.sync_error}" if version.sync_error else ""
+            # The version's own error, as its status shows it (no server paths).
+            detail = f": {sync_error_text(version)}" if version.sync_error else ""
             raise Conflict(
                 f"{version.name} cannot be deployed: its sync is {version.sync_status}{detail}. "
                 "Wait for sync_status done, or upload the weights again",

@@ -29,14 +29,18 @@ class SourceCheck(Protocol):
     def __call__(self, uri: str, org: str, grants: list[Grant]) -> None: ...
 
 
+def sync_error_text(v: ModelVersion) -> str:
+    """The version's sync error as the tenant sees it: its own URI stays readable, other
+    server paths do not reach it."""
+    own = (v.weight_uri, unquote(urlsplit(v.weight_uri).path))
+    return tenant_text(v.sync_error or "sync failed", keep=own)
+
+
 def version_schema(v: ModelVersion) -> wire.ModelVersion:
     status = v.sync_status
     error = None
     if status is SyncStatus.FAILED:
-        # The tenant's own URI stays readable; other server paths do not reach it.
-        own = (v.weight_uri, unquote(urlsplit(v.weight_uri).path))
-        message = tenant_text(v.sync_error or "sync failed", keep=own)
-        error = OperationError(code="sync_failed", message=message)
+        error = OperationError(code="sync_failed", message=sync_error_text(v))
     return wire.ModelVersion(
         name=v.name,
         done=status in (SyncStatus.DONE, SyncStatus.FAILED),
