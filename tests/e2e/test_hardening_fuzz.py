@@ -20,6 +20,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.failures import FailureGroup
 
 from tests.e2e.hardening_env import ADMIN_TOKEN
 from tests.e2e.server import TurnoutServer
@@ -66,7 +67,9 @@ def _fuzz(operation: Any, url: str, token: str, problems: list[str]) -> None:
         response = case.call(base_url=url, headers={"Authorization": f"Bearer {token}"})
         try:
             case.validate_response(response, checks=CHECKS)
-        except Exception as exc:  # every failure is collected, then reported together
+        # Schemathesis raises its failures as a BaseExceptionGroup: each is collected, then all
+        # are reported together.
+        except (Exception, FailureGroup) as exc:
             problems.append(f"{case.method} {case.formatted_path}: {exc}"[:800])
             return
         if response.status_code >= 400:
