@@ -49,11 +49,13 @@ from turnout.store.db import Database
 
 log = logging.getLogger(__name__)
 
-#: Seconds between a leader's checks of its lock (each check bounded by as long).
-LEADER_CHECK = 0.5
-#: Seconds a worker waits after taking the leader lock before it acts: longer than a deposed
-#: leader needs to notice (LEADER_CHECK twice), with room for a loaded machine.
-LEADER_GRACE = 3.0
+#: Seconds between a leader's checks of its lock, and how long one check may take (a check
+#: that takes longer counts as a lost lock: fencing errs on the safe side).
+LEADER_CHECK = 1.0
+LEADER_CHECK_TIMEOUT = 2.0
+#: Seconds a worker waits after taking the leader lock before it acts: twice what a deposed
+#: leader needs at most to notice, so the old one has stopped before the new one starts.
+LEADER_GRACE = 2 * (LEADER_CHECK + LEADER_CHECK_TIMEOUT)
 
 
 class Role(StrEnum):
@@ -132,10 +134,10 @@ class Runtime:
     async def _lead(self) -> None:
         """Wait for the leader lock (held by a session for this process's life), then work.
 
-        Fenced: a leader checks its lock every LEADER_CHECK seconds (each check bounded by the
-        same time) and stops acting as soon as it is gone; a new leader waits LEADER_GRACE,
-        longer than that, before it acts. So two workers never act at once, even when the old
-        leader's database session dropped while the process itself lives on."""
+        Fenced: a leader checks its lock every LEADER_CHECK seconds (each check bounded by
+        LEADER_CHECK_TIMEOUT) and stops acting as soon as it is gone; a new leader waits
+        LEADER_GRACE, longer than that, before it acts. So two workers never act at once, even
+        when the old leader's database session dropped while the process itself lives on."""
         waited = False
         while not self.stopping.is_set():
             if await self.db.try_leader_lock():
@@ -144,7 +146,7 @@ class Runtime:
                     await asyncio.wait_for(self.stopping.wait(), timeout=LEADER_GRACE)
                 if self.stopping.is_set():
                     return
-                if not await self.db.still_leader(LEADER_CHECK):
+                if not await self.db.still_leader(LEADER_CHECK_TIMEOUT):
                     await self.db.release_leader_lock()  # lost while waiting: stand by again
                     continue
                 log.info("worker %s is the leader", os.getpid())
@@ -163,7 +165,7 @@ class Runtime:
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=LEADER_CHECK)
-            if self.stopping.is_set() or await self.db.still_leader(LEADER_CHECK):
+            if self.stopping.is_set() or await self.db.still_leader(LEADER_CHECK_TIMEOUT):
                 continue
             log.error(
                 "worker %s lost the leader lock (its database session dropped); it stops "
