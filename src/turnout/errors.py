@@ -6,11 +6,11 @@ class's HTTP ``status``. Messages name the thing that was wrong and say what to 
     TurnoutError (500, api_error)
     ├── BadRequest (400, invalid_request_error)
     │   ├── UnsupportedParameter (400)
-    │   ├── ContextLengthExceeded (400)
-    │   └── SourceNotAllowed (400)
+    │   └── ContextLengthExceeded (400)
     ├── ValidationFailed (422, validation_error)
     ├── Unauthenticated (401, authentication_error)
     ├── PermissionDenied (403, permission_error)
+    │   └── SourceNotAllowed (403) — a weight_uri outside what the operator allowed the org
     ├── NotFound (404, not_found_error)
     ├── Conflict (409, conflict_error)
     │   ├── AliasTaken (409)
@@ -60,10 +60,6 @@ class ContextLengthExceeded(BadRequest):
     default_code = "context_length_exceeded"
 
 
-class SourceNotAllowed(BadRequest):
-    default_code = "weight_uri_not_allowed"
-
-
 class ValidationFailed(TurnoutError):
     status = 422
     type = "invalid_request_error"
@@ -80,6 +76,12 @@ class PermissionDenied(TurnoutError):
     status = 403
     type = "permission_error"
     default_code = "permission_denied"
+
+
+class SourceNotAllowed(PermissionDenied):
+    """The message names the rule, never what the server can see (paths, roots, buckets)."""
+
+    default_code = "weight_uri_not_allowed"
 
 
 class NotFound(TurnoutError):

@@ -11,15 +11,41 @@ from typing import Final
 
 from turnout.errors import BadRequest
 
-#: DESIGN §4 / reference §1.5.
+#: DESIGN §4 / reference §1.5. Test with :func:`full_match`: ``re.match`` lets ``$`` match
+#: before a trailing newline, so ``"prod\n"`` would pass.
 ALIAS_PATTERN: Final = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
 FINGERPRINT_SUFFIX_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Orgs, endpoints and architectures: lowercase, digits, dot, dash; starts with a letter.
 NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9.-]{0,126}[a-z0-9]$")
 
+#: Deployment ids are UUIDs (:func:`new_deployment_id`).
+DEPLOYMENT_ID_PATTERN: Final = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+)
+#: Key ids (:func:`new_key_id`).
+KEY_ID_PATTERN: Final = re.compile(r"^key_[0-9a-f]{16}$")
+
 _VERSION_NAME = re.compile(r"^orgs/([^/]+)/models/([^/]+)/versions/([^/]+)$")
 
 KEY_PREFIXES: Final = {"management": "tmk_", "inference": "tik_"}
+
+#: Version numbers are stored as 32-bit integers; a larger number names no version.
+MAX_VERSION_NUMBER: Final = 2**31 - 1
+
+
+def full_match(pattern: re.Pattern[str], value: str) -> bool:
+    """The whole of ``value`` matches (no trailing newline slips past ``$``)."""
+    return pattern.fullmatch(value) is not None
+
+
+def version_number(ref: str) -> int | None:
+    """The integer a ``version_id`` path segment names, or None when it is an alias.
+
+    Only ASCII digits count: ``str.isdigit`` also accepts ``"²"``, which ``int()`` refuses.
+    """
+    if ref.isascii() and ref.isdigit():
+        return int(ref)
+    return None
 
 
 def hash_key(token: str) -> str:
@@ -49,7 +75,7 @@ class VersionRef:
 
     @classmethod
     def parse(cls, name: str, *, param: str = "model") -> VersionRef:
-        match = _VERSION_NAME.match(name)
+        match = _VERSION_NAME.fullmatch(name)
         if not match:
             raise BadRequest(
                 f"{param} {name!r} is not a model version name; use "

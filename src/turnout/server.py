@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,16 +38,25 @@ from turnout.placement.gpus import gpu_ids
 from turnout.placement.local import LocalPlacement, LocalPlacementConfig
 from turnout.placement.supervisor import SupervisionConfig
 from turnout.registry.config import SyncConfig
-from turnout.registry.sync import check_source_uri
+from turnout.registry.scope import grant_key
+from turnout.registry.sync import check_org_source
 from turnout.registry.weightstore import WeightStore
 from turnout.registry.worker import SyncWorker
 from turnout.rollout.controller import RolloutConfig, RolloutController
 from turnout.routing.feed import InProcessFeed, RoutingFeed, StoreFeed
 from turnout.routing.follower import KeyRefresher, StoreFollower
-from turnout.settings import Settings
+from turnout.settings import Settings, check_secrets
 from turnout.store.db import Database
 
 log = logging.getLogger(__name__)
+
+#: Seconds between a leader's checks of its lock, and how long one check may take (a check
+#: that takes longer counts as a lost lock: fencing errs on the safe side).
+LEADER_CHECK = 1.0
+LEADER_CHECK_TIMEOUT = 2.0
+#: Seconds a worker waits after taking the leader lock before it acts: twice what a deposed
+#: leader needs at most to notice, so the old one has stopped before the new one starts.
+LEADER_GRACE = 2 * (LEADER_CHECK + LEADER_CHECK_TIMEOUT)
 
 
 class Role(StrEnum):
@@ -65,6 +75,9 @@ def sync_config(settings: Settings) -> SyncConfig:
         s3_region=settings.s3_region,
         s3_addressing_style=settings.s3_addressing_style,
         max_total_bytes=settings.max_weight_bytes,
+        part_size=settings.s3_part_size,
+        allowed_s3_prefixes=tuple(grant_key(p)[1] for p in settings.allowed_s3_prefixes),
+        allowed_hf_repos=tuple(grant_key(p)[1] for p in settings.allowed_hf_repos),
     )
 
 
@@ -120,18 +133,57 @@ class Runtime:
         self._loop("rollout", self.rollout.reconcile, self.rollout.wakeup, 1.0)
 
     async def _lead(self) -> None:
-        """Wait for the leader lock (held by a session for this process's life), then work."""
+        """Wait for the leader lock (held by a session for this process's life), then work.
+
+        Fenced: a leader checks its lock every LEADER_CHECK seconds (each check bounded by
+        LEADER_CHECK_TIMEOUT) and stops acting as soon as it is gone; a new leader waits
+        LEADER_GRACE, longer than that, before it acts. So two workers never act at once, even
+        when the old leader's database session dropped while the process itself lives on."""
         waited = False
         while not self.stopping.is_set():
             if await self.db.try_leader_lock():
+                log.info("worker %s took the leader lock; acting in %gs", os.getpid(), LEADER_GRACE)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), timeout=LEADER_GRACE)
+                if self.stopping.is_set():
+                    return
+                if not await self.db.still_leader(LEADER_CHECK_TIMEOUT):
+                    await self.db.release_leader_lock()  # lost while waiting: stand by again
+                    continue
                 log.info("worker %s is the leader", os.getpid())
                 await self._start_workers()
+                self.tasks.append(asyncio.create_task(self._keep_lead(), name="leader lease"))
                 return
             if not waited:
                 log.info("worker %s on standby until the leader lock frees", os.getpid())
                 waited = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=2.0)
+
+    async def _keep_lead(self) -> None:
+        """Stop acting the moment the leader lock is gone, then end the process (its
+        supervisor starts it again, as a standby)."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=LEADER_CHECK)
+            if self.stopping.is_set() or await self.db.still_leader(LEADER_CHECK_TIMEOUT):
+                continue
+            log.error(
+                "worker %s lost the leader lock (its database session dropped); it stops "
+                "acting now and exits",
+                os.getpid(),
+            )
+            current = asyncio.current_task()
+            for task in self.tasks:
+                if task is not current:
+                    task.cancel()
+            if self.rollout is not None:
+                await self.rollout.close()
+            if self.sync is not None:
+                await self.sync.close()
+            log.error("worker %s stopped acting", os.getpid())
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -154,7 +206,9 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
+    check_secrets(settings)
     db = Database(settings.resolved_database_url())
+    db.claim_for_server()  # SQLite: one server per data dir
     config = sync_config(settings)
     engines = EngineCatalog.from_file(settings.engine_templates)
     router, keys = Router(), StaticInferenceKeys()
@@ -174,7 +228,9 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
     services = Services(
         db=db,
         models=ModelsService(
-            db, lambda uri: check_source_uri(uri, config), sync.notify if sync else _nothing
+            db,
+            lambda uri, org, grants: check_org_source(uri, config, org, grants),
+            sync.notify if sync else _nothing,
         ),
         endpoints=EndpointsService(db, rollout.notify if rollout else _nothing),
         admin=AdminService(
@@ -257,7 +313,9 @@ def create_server_app(settings: Settings, role: Role = Role.ALL) -> FastAPI:
     if role is Role.GATEWAY:
         bare = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
         bare.add_api_route("/healthz", healthz, methods=["GET"])
-        app = create_gateway_app(runtime.router, runtime.keys, fallback=bare)
+        app = create_gateway_app(
+            runtime.router, runtime.keys, fallback=bare, metrics_token=settings.metrics_token
+        )
     elif role is Role.WORKER:
         app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
         app.add_api_route("/healthz", healthz, methods=["GET"])
@@ -272,7 +330,12 @@ def create_server_app(settings: Settings, role: Role = Role.ALL) -> FastAPI:
         app = (
             management
             if role is Role.API
-            else create_gateway_app(runtime.router, runtime.keys, fallback=management)
+            else create_gateway_app(
+                runtime.router,
+                runtime.keys,
+                fallback=management,
+                metrics_token=settings.metrics_token,
+            )
         )
     app.state.runtime = runtime
     return app

@@ -13,6 +13,11 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from turnout.errors import ConfigError
+
+#: The shortest admin or metrics token a server accepts: a guessable token guards nothing.
+MIN_TOKEN_LENGTH = 32
+
 
 def _split_list(value: object) -> object:
     if isinstance(value, str):
@@ -26,15 +31,27 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".turnout")
     #: SQLAlchemy URL; empty means SQLite at ``data_dir/turnout.db``.
     database_url: str = ""
-    #: Bearer token for ``/admin/v1``; empty disables the admin HTTP API.
+    #: Bearer token for ``/admin/v1``; empty disables the admin HTTP API. At least
+    #: :data:`MIN_TOKEN_LENGTH` characters: a server refuses to start with a shorter one.
     admin_token: str = ""
+    #: Bearer token for the gateway's Prometheus ``/metrics`` (its series name every endpoint
+    #: and version); empty: ``/metrics`` is refused.
+    metrics_token: str = ""
     #: Directories ``file://`` weight URIs may come from (``:`` or ``,`` separated).
     allowed_local_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    #: S3 ``s3://bucket/prefix`` every org may sync from (``,`` separated); an org's own
+    #: grants (`turnout admin org s3-allow`) add to them. Empty: only granted ones.
+    allowed_s3_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Hugging Face ``hf://namespace[/repo]`` every org may sync from, without a token
+    #: (``,`` separated); an org's grants (`turnout admin org hf-allow`) add to them.
+    allowed_hf_repos: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: https hosts allowed although they resolve to loopback/private addresses.
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_addressing_style: str | None = None
+    #: Bytes per ranged S3 GET; a sync resumes at part granularity.
+    s3_part_size: int = Field(default=16 * 2**20, ge=64 * 2**10)
     #: Largest request body the management API accepts.
     max_body_bytes: int = 1 << 20
     max_weight_bytes: int = 200 * 2**30
@@ -74,6 +91,14 @@ class Settings(BaseSettings):
     def _split(cls, value: object) -> object:
         return _split_list(value)
 
+    @field_validator("allowed_s3_prefixes", "allowed_hf_repos", mode="before")
+    @classmethod
+    def _split_uris(cls, value: object) -> object:
+        # URIs hold ':' themselves: these lists are ',' separated only.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -98,3 +123,14 @@ class Settings(BaseSettings):
         with os.fdopen(fd, "w") as fh:
             fh.write(token)
         return token
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse to start with a token too short to guard anything (raises ConfigError)."""
+    for name, value in (("admin_token", settings.admin_token),
+                        ("metrics_token", settings.metrics_token)):  # fmt: skip
+        if value and len(value) < MIN_TOKEN_LENGTH:
+            raise ConfigError(
+                f"TURNOUT_{name.upper()} is {len(value)} characters; use at least "
+                f"{MIN_TOKEN_LENGTH} random ones (e.g. `openssl rand -hex 32`)"
+            )

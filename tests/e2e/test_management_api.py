@@ -230,9 +230,10 @@ def test_bad_requests_change_nothing(
 ) -> None:
     before = versions_snapshot(api)
     path = f"{V1}/orgs/my-org/models/tiny-llama/versions/1"
-    assert_error(api.patch(path, json={"version_aliases": ["Bad_Alias"]}), 400, "Bad_Alias")
-    assert_error(upload(api, str(env["good"]), ["1starts-with-digit"]), 400, "does not match")
-    assert_error(upload(api, "file:///etc"), 400, "TURNOUT_ALLOWED_LOCAL_ROOTS")
+    # Pattern violations are schema violations (issue 13): 422 naming the field path.
+    assert_error(api.patch(path, json={"version_aliases": ["Bad_Alias"]}), 422, "Bad_Alias")
+    assert_error(upload(api, str(env["good"]), ["1starts-with-digit"]), 422, "does not match")
+    assert_error(upload(api, "file:///etc"), 403, "TURNOUT_ALLOWED_LOCAL_ROOTS")
     assert_error(api.get(f"{V1}/orgs/no-org/models"), 404, "no-org")
     assert_error(api.get(f"{V1}/orgs/my-org/models/no-arch/versions"), 404, "no-arch")
     assert_error(api.get(f"{V1}/orgs/my-org/models/tiny-llama/versions/99"), 404, "version 99")
@@ -356,14 +357,18 @@ def test_openapi_and_health(env: dict[str, Any]) -> None:
     )
 
 
+# The server refuses admin tokens shorter than 32 characters (issue 13).
+ADMIN_TOKEN = "s3cret-s3cret-s3cret-s3cret-s3cret"
+
+
 def test_admin_http_api(tmp_path: Path) -> None:
-    server = TurnoutServer(tmp_path / "data", env={"TURNOUT_ADMIN_TOKEN": "s3cret"}).start()
+    server = TurnoutServer(tmp_path / "data", env={"TURNOUT_ADMIN_TOKEN": ADMIN_TOKEN}).start()
     try:
         with server.http(None) as anon:
             assert_error(
                 anon.post("/admin/v1/orgs", json={"name": "acme"}), 401, "TURNOUT_ADMIN_TOKEN"
             )
-        with server.http("s3cret") as admin:
+        with server.http(ADMIN_TOKEN) as admin:
             assert admin.post("/admin/v1/orgs", json={"name": "acme"}).json()["name"] == "acme"
             key = admin.post("/admin/v1/keys", json={"org": "acme", "kind": "management"}).json()
             assert key["key"].startswith("tmk_")

@@ -95,7 +95,11 @@ def test_s3_sync_matches_file_sync(
     s3.create_bucket(Bucket="weights")
     for path in model.iterdir():
         s3.upload_file(str(path), "weights", f"ft/v1/{path.name}")
-    server, key = start_server(tmp_path, model.parent, {**AWS, "TURNOUT_S3_ENDPOINT_URL": moto_url})
+    # S3 sources are allowed per org or server-wide (issue 13); this server allows the bucket.
+    allowed = {"TURNOUT_ALLOWED_S3_PREFIXES": "s3://weights"}
+    server, key = start_server(
+        tmp_path, model.parent, {**AWS, "TURNOUT_S3_ENDPOINT_URL": moto_url, **allowed}
+    )
     try:
         with server.http(key) as api:
             from_s3 = upload(api, "s3://weights/ft/v1")

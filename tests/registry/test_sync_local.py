@@ -73,16 +73,16 @@ def test_outside_allowed_roots_is_refused(
     outside = write_model(tmp_path / "elsewhere", arch)
     with pytest.raises(SourceNotAllowed, match="TURNOUT_ALLOWED_LOCAL_ROOTS"):
         check_source_uri(f"file://{outside}", config)
-    with pytest.raises(SourceNotAllowed, match="outside the allowed local roots"):
+    with pytest.raises(SourceNotAllowed, match="outside the local directories"):
         check_source_uri(f"{config.allowed_local_roots[0]}/../elsewhere", config)
-    with pytest.raises(SyncFailed, match="outside the allowed local roots"):
+    with pytest.raises(SyncFailed, match="outside the local directories"):
         _sync(str(outside), arch, config)
     assert_no_leftovers(config.weights_dir)
 
 
 def test_no_roots_means_no_local_sources(tmp_path: Path, config: SyncConfig) -> None:
     closed = SyncConfig(config.weights_dir, allowed_local_roots=())
-    with pytest.raises(SourceNotAllowed, match="disabled.*TURNOUT_ALLOWED_LOCAL_ROOTS"):
+    with pytest.raises(SourceNotAllowed, match="not allowed.*TURNOUT_ALLOWED_LOCAL_ROOTS"):
         check_source_uri(str(tmp_path), closed)
     with pytest.raises(BadRequest, match="absolute path"):
         check_source_uri("relative/dir", config)
@@ -98,10 +98,10 @@ def test_symlink_escape_is_refused(
     secret.write_text('{"model_type": "llama"}')
     (model / "config.json").unlink()
     os.symlink(secret, model / "config.json")
-    with pytest.raises(
-        SyncFailed, match="config.json in .* resolves to .*secret.json, which is outside"
-    ):
+    # Refused without saying where the link leads (no server paths to the tenant).
+    with pytest.raises(SyncFailed, match="config.json in .* is outside the local directories") as e:
         _sync(str(model), arch, config)
+    assert "secret" not in str(e.value)
     assert_no_leftovers(config.weights_dir)
 
 
@@ -114,7 +114,7 @@ def test_symlinked_directory_escape_is_refused(
     link = config.allowed_local_roots[0] / "link"
     link.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(outside, link)
-    with pytest.raises(SourceNotAllowed, match="outside the allowed local roots"):
+    with pytest.raises(SourceNotAllowed, match="outside the local directories"):
         check_source_uri(str(link), config)
 
 

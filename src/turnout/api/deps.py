@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -54,7 +55,10 @@ async def require_admin(
             "the admin API is disabled; start the server with TURNOUT_ADMIN_TOKEN set"
         )
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or token.strip() != services.admin_token:
+    # Constant time: how much of a guess matched must not show in how long the answer takes.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), services.admin_token.encode()
+    ):
         raise Unauthenticated("send 'Authorization: Bearer <TURNOUT_ADMIN_TOKEN>'")
 
 

@@ -13,9 +13,27 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from turnout.api.schemas.base import ErrorBody
 from turnout.errors import PayloadTooLarge, TurnoutError
 
 log = logging.getLogger(__name__)
+
+#: What each error status means on the management and admin APIs (DESIGN §4).
+_MEANING = {
+    400: "Bad request: the body is not JSON, or a value cannot be used (the message says why)",
+    401: "No key, or not a valid key for this API",
+    403: "The key's org may not do this (another org's resource, or a source it was not allowed)",
+    404: "No such org, architecture, version, alias, endpoint or deployment (or not yours)",
+    409: "Conflict: alias held by another version, version in use, reused Idempotency-Key, ...",
+    413: "The request body is over TURNOUT_MAX_BODY_BYTES",
+    422: "Schema violation: `param` is the field path (code validation_error)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer, each with the flat
+    error body, so clients and schema-driven tests know every answer a route gives."""
+    return {s: {"model": ErrorBody, "description": _MEANING[s]} for s in sorted(statuses)}
 
 
 def error_response(exc: TurnoutError) -> JSONResponse:
@@ -27,6 +45,12 @@ def _param(loc: Sequence[str | int]) -> str:
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:] or parts
     return ".".join(parts)
+
+
+def _shown(value: object) -> str:
+    """A short repr of the offending value for the message (long ones are cut)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def validation_response(exc: RequestValidationError) -> JSONResponse:
@@ -47,6 +71,9 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "extra_forbidden":
         msg = "unknown field; remove it (see GET /openapi.json for the schema)"
+    elif first.get("type") == "string_pattern_mismatch":
+        pattern = first.get("ctx", {}).get("pattern", "")
+        msg = f"{_shown(first.get('input'))} does not match {pattern}"
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     body = {
         "message": f"{param}: {msg}{more}",

@@ -24,6 +24,8 @@ app.add_typer(arch_app, name="arch")
 app.add_typer(endpoint_app, name="endpoint")
 replica_app = typer.Typer(help="Replicas: where each engine process runs.")
 app.add_typer(replica_app, name="replica")
+deployment_app = typer.Typer(help="Deployments as the operator sees them.")
+app.add_typer(deployment_app, name="deployment")
 
 T = TypeVar("T")
 
@@ -59,6 +61,83 @@ def org_list(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
         ["name", "created", "architectures"],
         "orgs",
     )
+
+
+@org_app.command("s3-allow")
+def org_s3_allow(
+    org: str,
+    uri: Annotated[str, typer.Argument(help="s3://bucket/prefix (s3://bucket for all of it)")],
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="AWS profile of this server to read it with")
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Let ORG sync weights from an S3 bucket/prefix (nothing else of S3 is allowed to it)."""
+    out = _with_admin(data_dir, lambda s: s.allow_source(org, uri, profile))
+    emit(out, as_json, _SOURCE_COLUMNS)
+
+
+@org_app.command("file-allow")
+def org_file_allow(
+    org: str, directory: str, data_dir: DataDir = None, as_json: JsonFlag = False
+) -> None:
+    """Let ORG sync weights from a directory of this server (and what is under it)."""
+    emit(_with_admin(data_dir, lambda s: s.allow_source(org, directory, None)), as_json,
+         _SOURCE_COLUMNS)  # fmt: skip
+
+
+@org_app.command("hf-allow")
+def org_hf_allow(
+    org: str,
+    uri: Annotated[str, typer.Argument(help="hf://namespace or hf://namespace/repo")],
+    token_env: Annotated[
+        str | None,
+        typer.Option("--token-env", help="Server env variable holding ORG's Hugging Face token"),
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Let ORG sync from a Hugging Face namespace or repo, with its own token (or none)."""
+    out = _with_admin(data_dir, lambda s: s.allow_source(org, uri, token_env))
+    emit(out, as_json, _SOURCE_COLUMNS)
+
+
+@org_app.command("sources")
+def org_sources(org: str, data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
+    """The weight sources ORG may sync from (besides the server-wide TURNOUT_ALLOWED_*)."""
+    out = _with_admin(data_dir, lambda s: s.list_sources(org))
+    emit(out, as_json, _SOURCE_COLUMNS, "sources")
+
+
+@org_app.command("source-remove")
+def org_source_remove(
+    org: str, uri: str, data_dir: DataDir = None, as_json: JsonFlag = False
+) -> None:
+    """Withdraw a weight source from ORG (syncs not yet done from it then fail)."""
+    out = _with_admin(data_dir, lambda s: s.remove_source(org, uri))
+    emit(out, as_json, _SOURCE_COLUMNS, "sources")
+
+
+_SOURCE_COLUMNS = ["org", "scheme", "uri", "credentials"]
+
+
+@deployment_app.command("show")
+def deployment_show(
+    deployment_id: str, data_dir: DataDir = None, as_json: JsonFlag = False
+) -> None:
+    """A deployment's full error and events (engine log lines included; tenants see them
+    redacted)."""
+    out = _with_admin(data_dir, lambda s: s.deployment(deployment_id))
+    if as_json:
+        emit(out, True, [])
+        return
+    emit(out, False, ["deployment_id", "endpoint_id", "org", "version_id", "state", "step",
+                      "error_code"])  # fmt: skip
+    if out.error_message:
+        typer.echo(out.error_message)
+    for line in out.events:
+        typer.echo(line)
 
 
 @key_app.command("create")

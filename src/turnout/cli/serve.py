@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from turnout.cli.context import DataDir, load_settings
+from turnout.cli.context import EXIT_REFUSED, DataDir, err_console, load_settings
+from turnout.errors import TurnoutError
 
 
 def serve(
@@ -57,5 +58,9 @@ def serve(
         overrides["advertise_url"] = f"http://{host}:{port}"
     settings = settings.model_copy(update=overrides)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_server_app(settings, chosen)
+    try:
+        app = create_server_app(settings, chosen)
+    except TurnoutError as exc:  # a bad setting, or another server on this data dir
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(code=EXIT_REFUSED) from None
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)

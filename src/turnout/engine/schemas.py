@@ -13,6 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: The seeds a torch generator takes (``Generator.manual_seed``); others are a 400, not a crash
+#: of the scheduler thread.
+SEED_MIN = -(2**63)
+SEED_MAX = 2**64 - 1
+
 
 class InferenceModel(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -64,7 +69,7 @@ class ChatCompletionRequest(InferenceModel):
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     reasoning_format: Literal["none", "parsed", "text_parsed", "raw", "hidden"] | None = None
     response_format: ResponseFormat | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     service_tier: Literal["auto", "default", "flex", "priority"] | None = None
     stop: Stop = Field(default=None, max_length=4)
     stream: bool = False
@@ -92,7 +97,7 @@ class CompletionRequest(InferenceModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     reasoning_format: str | None = None
     return_raw_tokens: bool | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stop: Stop = Field(default=None, max_length=4)
     stream: bool = False
     stream_options: StreamOptions | None = None

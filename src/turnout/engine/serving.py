@@ -144,6 +144,7 @@ class EngineService:
     def prepare_chat(self, req: ChatCompletionRequest, loaded: LoadedModel) -> Prepared:
         created, started = time.time(), time.perf_counter()
         _refuse_unsupported(req, _CHAT_UNSUPPORTED)
+        _check_texts(req)
         if not req.messages:
             raise BadRequest("'messages' must hold at least one message.", param="messages")
         tok = loaded.tokenizer
@@ -161,6 +162,7 @@ class EngineService:
     def prepare_completion(self, req: CompletionRequest, loaded: LoadedModel) -> Prepared:
         created, started = time.time(), time.perf_counter()
         _refuse_unsupported(req, _COMPLETION_UNSUPPORTED)
+        _check_texts(req)
         ids = _prompt_ids(loaded.tokenizer, req.prompt)
         wanted = (req.max_tokens, "max_tokens")
         return _prepared(loaded, req, ids, wanted, "prompt", (created, started))
@@ -210,6 +212,39 @@ class EngineService:
             if isinstance(item, Outcome):
                 return item
         raise TurnoutError("generation ended without a result", code="generation_failed")
+
+
+def _check_text(param: str, value: object) -> None:
+    """Every string the engine reads must be valid Unicode: JSON can carry a lone surrogate
+    (``"\\ud800"``), which the tokenizer (and any UTF-8 encoder) cannot take."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(
+                f"'{param}' holds an invalid character (a lone UTF-16 surrogate); send valid "
+                "Unicode text.",
+                param=param,
+                code="validation_error",
+            ) from None
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(f"{param}.{i}", item)
+
+
+def _check_texts(req: ChatCompletionRequest | CompletionRequest) -> None:
+    _check_text("stop", req.stop)
+    _check_text("user", req.user)
+    if isinstance(req, CompletionRequest):
+        _check_text("prompt", req.prompt)
+        return
+    for i, message in enumerate(req.messages):
+        _check_text(f"messages.{i}.name", message.name)
+        if isinstance(message.content, list):
+            for j, part in enumerate(message.content):
+                _check_text(f"messages.{i}.content.{j}.text", part.text)
+        else:
+            _check_text(f"messages.{i}.content", message.content)
 
 
 def _refuse_unsupported(req: BaseModel, table: tuple[tuple[str, Check], ...]) -> None:

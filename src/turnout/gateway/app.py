@@ -13,6 +13,7 @@ inside another app would skip the gateway's lifespan, and with it the upstream s
 # No `from __future__ import annotations`: FastAPI must resolve the route annotations, and
 # the `Org` dependency alias is local to `_add_routes`.
 
+import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,6 +23,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from turnout.errors import NotFound, TurnoutError, Unauthenticated
@@ -59,12 +61,15 @@ def create_gateway_app(
     request_timeout: float = 600.0,
     drain_timeout: float = 30.0,
     fallback: ASGIApp | None = None,
+    metrics_token: str | None = None,
 ) -> FastAPI:
     """Build the gateway app; it opens its upstream session in its lifespan.
 
     ``request_timeout`` bounds the wait for each next byte from a replica (headers, body,
     stream chunk), not a whole stream. ``drain_timeout`` bounds how long shutdown waits for
-    in-flight requests.
+    in-flight requests. ``metrics_token``: the bearer token ``/metrics`` needs (its series name
+    every org's endpoints); empty refuses ``/metrics``; None (an app embedded without a
+    server, as in tests and benchmarks) leaves it open.
     """
     config = ProxyConfig(
         connect_timeout=connect_timeout,
@@ -92,7 +97,8 @@ def create_gateway_app(
     )
     app.proxy = proxy
     app.add_exception_handler(TurnoutError, _render_error)
-    _add_routes(app, router, keys, metrics)
+    app.add_exception_handler(StarletteHTTPException, _render_http_error)
+    _add_routes(app, router, keys, metrics, metrics_token)
     if fallback is not None:
         app.mount("/", fallback)
     return app
@@ -103,7 +109,23 @@ async def _render_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
-def _add_routes(app: FastAPI, router: Router, keys: InferenceKeys, metrics: GatewayMetrics) -> None:
+async def _render_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (a path no route or mount matches, e.g. one holding a newline)
+    in the flat body too, never ``{"detail": ...}``."""
+    assert isinstance(exc, StarletteHTTPException)
+    body = {"message": f"no route {request.method} {request.url.path}", "param": None,
+            "type": "invalid_request_error", "code": "not_found" if exc.status_code == 404
+            else f"http_{exc.status_code}"}  # fmt: skip
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _add_routes(
+    app: FastAPI,
+    router: Router,
+    keys: InferenceKeys,
+    metrics: GatewayMetrics,
+    metrics_token: str | None,
+) -> None:
     # Endpoints carry no creation time in the routing table; report when this gateway started.
     created = int(time.time())
 
@@ -141,5 +163,21 @@ def _add_routes(app: FastAPI, router: Router, keys: InferenceKeys, metrics: Gate
         return card(route)
 
     @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
+        if metrics_token is not None:
+            _check_metrics_token(request, metrics_token)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _check_metrics_token(request: Request, expected: str) -> None:
+    """The series name every org's endpoints and versions: only the operator's scraper."""
+    if not expected:
+        raise Unauthenticated(
+            "/metrics is disabled: the operator sets TURNOUT_METRICS_TOKEN to enable it",
+            code="metrics_disabled",
+        )
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
+        raise Unauthenticated("send 'Authorization: Bearer <TURNOUT_METRICS_TOKEN>' for /metrics")

@@ -34,6 +34,9 @@ class EngineCommand:
     #: ``/update_weights_from_disk`` wire: ``{"model_path"}`` -> ``{"success", "message"}``);
     #: None: the engine cannot, and an ``in_place`` rollout falls back to rolling.
     reload_path: str | None = None
+    #: Variables of the server's environment the engine gets beyond the allow-list
+    #: (:func:`turnout.placement.engines.engine_environment`), e.g. ``HF_TOKEN``.
+    env: tuple[str, ...] = ()
 
 
 BUILTIN_ENGINE = EngineCommand(

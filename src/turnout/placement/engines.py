@@ -158,9 +158,43 @@ def _command(path: Path, name: str, spec: object) -> EngineCommand:
                 f"{where}: argument {arg!r} uses an unknown placeholder ({exc}); "
                 f"use {', '.join('{' + p + '}' for p in sorted(PLACEHOLDERS))}"
             ) from exc
+    env = spec.get("env", [])
+    if not isinstance(env, list) or not all(isinstance(n, str) and n for n in env):
+        raise ConfigError(f"{where}: 'env' must be a list of environment variable names")
     return EngineCommand(
         argv=argv,
         health_path=str(spec.get("health_path", "/health")),
         ready_path=str(spec.get("ready_path", spec.get("health_path", "/health"))),
         reload_path=str(spec["reload_path"]) if spec.get("reload_path") else None,
+        env=tuple(env),
     )
+
+
+#: What every engine process gets of the server's environment: what a process needs to run
+#: (paths, locale, temp dir), to find and share its accelerators, and to tune its threads.
+#: Never the server's secrets: TURNOUT_ADMIN_TOKEN, the database URL, cloud credentials or
+#: HF_TOKEN reach an engine only if its template names them in ``env``.
+ENGINE_ENV_NAMES: Final = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "VIRTUAL_ENV",
+    "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
+    "TOKENIZERS_PARALLELISM", "TURNOUT_VLLM_PYTHON", "TURNOUT_VLLM_ARGS", "TURNOUT_NODE_CACHE",
+})  # fmt: skip
+ENGINE_ENV_PREFIXES: Final = (
+    "LC_", "XDG_", "CUDA_", "NVIDIA_", "NCCL_", "HIP_", "ROCR_", "ROCM_", "OMP_", "KMP_",
+    "MKL_", "OPENBLAS_", "TORCH_", "VLLM_", "SGLANG_",
+)  # fmt: skip
+
+
+def engine_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of ``environ`` an engine process starts with."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in ENGINE_ENV_NAMES or name.startswith(ENGINE_ENV_PREFIXES)
+    }
+
+
+def passed_through(engine: EngineCommand, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables ``engine``'s template names, as the server has them."""
+    return {name: environ[name] for name in engine.env if name in environ}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -42,14 +43,16 @@ from turnout.placement.base import (
     ReplicaSpec,
     ReplicaStatus,
 )
-from turnout.placement.engines import render_argv
+from turnout.placement.engines import passed_through, render_argv
 from turnout.placement.supervisor import ReplicaProcess, SupervisionConfig, Supervisor, cancel
 from turnout.states import ReplicaState
 
 logger = logging.getLogger(__name__)
 
 _TERMINAL = (ReplicaState.STOPPED, ReplicaState.FAILED)
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Replica ids are the endpoint id (up to 128 characters) plus two suffixes, up to 200 in all
+# (the replicas.id column); each names a pid record and a log file (file names: 255 bytes).
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,7 @@ class LocalPlacement:
         argv = render_argv(
             spec, model_dir=spec.model_dir, host=self._cfg.host, port=port, python=self._cfg.python
         )
-        env = dict(spec.env)
+        env = {**passed_through(spec.engine, os.environ), **dict(spec.env)}
         if self._cfg.gpu_ids or gpus:
             # Only its own GPUs: none at all for a CPU replica on a GPU machine.
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)

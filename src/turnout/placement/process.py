@@ -173,7 +173,10 @@ def write_record(records_dir: Path, record: ReplicaRecord) -> None:
     records_dir.mkdir(parents=True, exist_ok=True)
     final = record_path(records_dir, record.replica_id)
     tmp = final.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=1))
+    # Owner only: the record holds the environment the template passes through (a token).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(asdict(record), indent=1))
     os.replace(tmp, final)
 
 

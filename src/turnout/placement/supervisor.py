@@ -23,6 +23,7 @@ import httpx
 
 from turnout.placement import process
 from turnout.placement.base import ReplicaHandle
+from turnout.placement.engines import engine_environment
 from turnout.states import ReplicaState
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ class Supervisor:
         if self.die_with_parent:
             argv = [self.python, "-I", "-S", "-c", process.DIE_WITH_PARENT, str(os.getpid())]
             argv += rep.argv
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **rep.env}
+        # Allow-listed, never all of ours: the server's secrets stay in the server.
+        env = {**engine_environment(os.environ), "PYTHONUNBUFFERED": "1", **rep.env}
         with rep.log_path.open("ab") as log:
             log.write(f"--- turnout: starting {rep.replica_id}: {' '.join(rep.argv)}\n".encode())
             log.flush()

@@ -18,11 +18,14 @@ downloads skip the parts already fetched). :func:`discard_staging` drops it for 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from turnout.registry.architectures import Architecture
 from turnout.registry.config import SyncConfig
+from turnout.registry.scope import Grant, scoped_config
 from turnout.registry.sources import open_source
 from turnout.registry.sources.base import (
     FetchContext,
@@ -38,10 +41,13 @@ __all__ = [
     "SyncFailed",
     "SyncRequest",
     "SyncResult",
+    "check_org_source",
     "check_source_uri",
     "discard_staging",
     "sync_weights",
 ]
+
+log = logging.getLogger(__name__)
 
 #: How many validation problems one message lists (the rest are counted).
 _SHOW_PROBLEMS = 5
@@ -69,6 +75,11 @@ class SyncResult:
 def check_source_uri(uri: str, config: SyncConfig) -> None:
     """Cheap upload-time check; raises SourceNotAllowed or BadRequest naming the problem."""
     open_source(uri, config)
+
+
+def check_org_source(uri: str, config: SyncConfig, org: str, grants: Iterable[Grant]) -> None:
+    """The upload-time check for one org: its rules (:mod:`.scope`), then the URI itself."""
+    open_source(uri, scoped_config(uri, config, org, grants))
 
 
 def discard_staging(job_id: str, config: SyncConfig) -> None:
@@ -102,14 +113,24 @@ async def sync_weights(
                 if isinstance(exc, SyncFailed):
                     raise
                 if isinstance(exc, OSError):
-                    raise SyncFailed(f"weight store I/O failed: {exc}") from exc
+                    # The tenant sees the version's error: no server paths in it.
+                    log.warning("sync of %s: weight store I/O failed: %s", request.job_id, exc)
+                    raise SyncFailed(
+                        f"the server's weight store failed ({exc.strerror or 'I/O error'}); "
+                        "retry later, or ask the operator"
+                    ) from exc
                 raise
     except StagingBusy as exc:
         raise SyncFailed(
             f"another sync of {request.job_id} is running; wait for it to finish"
         ) from exc
     except OSError as exc:
-        raise SyncFailed(f"cannot create staging in {config.weights_dir}: {exc}") from exc
+        log.warning("sync of %s: cannot create staging in %s: %s", request.job_id,
+                    config.weights_dir, exc)  # fmt: skip
+        raise SyncFailed(
+            f"the server's weight store failed ({exc.strerror or 'I/O error'}); retry later, or "
+            "ask the operator"
+        ) from exc
     return SyncResult(
         digest=f"sha256:{manifest.hexdigest}",
         path=path,

@@ -9,10 +9,12 @@ import logging
 import time
 from functools import partial
 
+from turnout.errors import TurnoutError
 from turnout.registry.architectures import get_architecture
 from turnout.registry.config import SyncConfig
+from turnout.registry.scope import Grant, scoped_config
 from turnout.registry.sync import SyncFailed, SyncRequest, sync_weights
-from turnout.store import versions
+from turnout.store import sources, versions
 from turnout.store.db import Database
 from turnout.store.records import ModelVersion, SyncStatus
 
@@ -86,7 +88,18 @@ class SyncWorker:
             job_id=job_id(version), source_uri=version.weight_uri, architecture=arch
         )
         try:
-            result = await sync_weights(request, self.config, progress)
+            # Judged again at sync time: the operator may have withdrawn the grant since.
+            async with self.db.session() as s:
+                own = [
+                    Grant(g.scheme, g.prefix, g.credentials)
+                    for g in await sources.grants(s, version.org_id)
+                ]
+            config = scoped_config(version.weight_uri, self.config, version.org_name, own)
+        except TurnoutError as exc:
+            await self._fail(version, exc.message)
+            return
+        try:
+            result = await sync_weights(request, config, progress)
         except SyncFailed as exc:
             await self._fail(version, exc.message)
             return

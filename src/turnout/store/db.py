@@ -6,11 +6,15 @@ URLs are mapped to the async drivers (``sqlite://`` → aiosqlite, ``postgresql:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
+import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
@@ -25,6 +29,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from turnout.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -57,7 +63,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # FULL: a commit is on disk when it returns. NORMAL in WAL mode may lose the last commits
+    # on power loss, and this database holds the control plane's intent (persist-then-act).
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
 
 
@@ -74,6 +82,7 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._leader: AsyncConnection | None = None
+        self._claim: IO[str] | None = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -92,6 +101,31 @@ class Database:
             # Held to the end of the transaction: a second process waits, then finds it current.
             await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(774211)")
             await conn.run_sync(_upgrade)
+
+    def claim_for_server(self) -> None:
+        """SQLite: refuse a second server on the same database (the data dir's), which would
+        run a second set of workers on it. Held until the process exits (the kernel frees it
+        after a kill -9 too). PostgreSQL: several processes share it by design; no claim."""
+        path = self._lock_path()
+        if not self.is_sqlite or path is None or self._claim is not None:
+            return
+        claim = Path(str(path).removesuffix(".migrate-lock") + ".server-lock").open("a+")
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            claim.seek(0)
+            holder = claim.read().strip() or "unknown"
+            claim.close()
+            raise ConfigError(
+                f"another turnout server (pid {holder}) is already running on "
+                f"{make_url(self.url).database}; stop it first, or give this server its own "
+                "--data-dir (several server processes share a PostgreSQL database, never a "
+                "SQLite one)"
+            ) from None
+        claim.truncate(0)
+        claim.write(str(os.getpid()))
+        claim.flush()
+        self._claim = claim
 
     def _lock_path(self) -> Path | None:
         path = make_url(self.url).database
@@ -112,13 +146,41 @@ class Database:
         await conn.close()
         return False
 
+    async def still_leader(self, timeout: float) -> bool:
+        """Whether this process still holds the leader lock: its session is alive and the lock
+        granted. False when the session dropped (a network cut, a restarted database, an
+        administrator's ``pg_terminate_backend``): PostgreSQL freed the lock with it, and
+        another worker may take it. SQLite: always True."""
+        if self.is_sqlite:
+            return True
+        if self._leader is None:
+            return False
+        try:
+            held = await asyncio.wait_for(
+                self._leader.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
+                        "objid = 774212 AND pid = pg_backend_pid() AND granted"
+                    )
+                ),
+                timeout,
+            )
+        except Exception:  # any failure of the lock's own session means it is gone
+            log.warning("the leader lock's database session failed", exc_info=True)
+            return False
+        return bool(held)
+
     async def release_leader_lock(self) -> None:
         if self._leader is not None:
-            await self._leader.close()
+            with contextlib.suppress(Exception):  # its session may be gone already
+                await self._leader.close()
             self._leader = None
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._claim is not None:
+            self._claim.close()  # frees the server claim
+            self._claim = None
 
 
 @contextmanager

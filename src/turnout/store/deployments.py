@@ -12,7 +12,7 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import asdict
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout.errors import NotFound
@@ -96,6 +96,11 @@ async def create_deployment(
     alias_used: str | None,
     policy: RolloutPolicy = SURGE,
 ) -> Deployment:
+    if session.get_bind().dialect.name == "postgresql":
+        # Submissions take their seq one at a time (the lock is held to the commit), so
+        # concurrent deploys get distinct numbers in commit order without retrying. The
+        # unique constraint stays the guard (SQLite writers serialize on their own).
+        await session.execute(text("SELECT pg_advisory_xact_lock(774213)"))
     seq = (await session.scalar(select(func.max(DeploymentRow.seq)))) or 0
     ts = now()
     session.add(
@@ -114,6 +119,12 @@ async def create_deployment(
         )
     )
     await session.flush()
+    # The endpoint's `updated` (reference §1.7) moves with every deployment submitted to it.
+    await session.execute(
+        update(EndpointRow)
+        .where(EndpointRow.endpoint_id == endpoint.endpoint_id)
+        .values(updated=ts)
+    )
     await add_event(session, deployment_id, Step.SUBMITTED, "deployment queued")
     return await get_deployment(session, deployment_id)
 

@@ -6,6 +6,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout.errors import Conflict, NotFound
+from turnout.ids import NAME_PATTERN, full_match
 from turnout.policy import RolloutPolicy
 from turnout.store.records import Endpoint, Org
 from turnout.store.tables import EndpointRow, OrgRow
@@ -59,6 +60,8 @@ async def create_endpoint(
 
 
 async def find_endpoint(session: AsyncSession, endpoint_id: str) -> Endpoint | None:
+    if not full_match(NAME_PATTERN, endpoint_id):
+        return None  # names none; and PostgreSQL refuses some text (a NUL byte) outright
     found = (
         await session.execute(
             select(EndpointRow, OrgRow.name)

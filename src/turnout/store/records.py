@@ -152,3 +152,13 @@ class Replica:
     gpus: tuple[int, ...] = ()
     detail: str | None = None
     restarts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceGrant:
+    """A weight source an org may sync from (see ``store.sources``)."""
+
+    scheme: str
+    prefix: str
+    credentials: str | None
+    created: int

@@ -138,7 +138,12 @@ class EndpointRow(Base):
 
 class DeploymentRow(Base):
     __tablename__ = "deployments"
-    __table_args__ = (Index("ix_deployments_endpoint_seq", "endpoint_id", "seq"),)
+    __table_args__ = (
+        Index("ix_deployments_endpoint_seq", "endpoint_id", "seq"),
+        # Two concurrent submissions cannot share a seq: the second insert fails and its
+        # transaction runs again, taking the next one (api/services/races.py).
+        UniqueConstraint("seq", name="uq_deployments_seq"),
+    )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     #: Submission order; deployments on one endpoint run first in, first out by it.
     seq: Mapped[int] = mapped_column(BigInteger)
@@ -195,10 +200,30 @@ class ReplicaRow(Base):
 class IdempotencyRow(Base):
     __tablename__ = "idempotency_keys"
     org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
-    route: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: e.g. ``deploy:<endpoint id>`` (endpoint ids are up to 128 characters).
+    route: Mapped[str] = mapped_column(String(200), primary_key=True)
     key: Mapped[str] = mapped_column(String(256), primary_key=True)
     body_hash: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str] = mapped_column(String(128))
+    created: Mapped[int] = mapped_column(BigInteger)
+
+
+class SourceGrantRow(Base):
+    """A weight source an org may sync from (the operator's ``turnout admin org s3-allow`` and
+    friends): an S3 bucket/prefix, a local directory, or a Hugging Face namespace/repo."""
+
+    __tablename__ = "source_grants"
+    __table_args__ = (UniqueConstraint("org_id", "scheme", "prefix"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    #: s3 | file | hf
+    scheme: Mapped[str] = mapped_column(String(8))
+    #: s3: ``bucket/prefix/`` (``bucket/`` for the whole bucket); file: an absolute directory;
+    #: hf: ``namespace/`` or ``namespace/repo``.
+    prefix: Mapped[str] = mapped_column(String(1024))
+    #: The name of the credentials to use, never a secret: s3, an AWS profile of the server;
+    #: hf, the server environment variable that holds the token.
+    credentials: Mapped[str | None] = mapped_column(String(256), nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
 
 

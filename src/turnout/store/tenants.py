@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout.errors import Conflict, NotFound
+from turnout.ids import NAME_PATTERN, full_match
 from turnout.store.records import ApiKey, ArchitectureRecord, KeyKind, Org
 from turnout.store.tables import ApiKeyRow, ArchGrantRow, ArchitectureRow, OrgRow
 
@@ -35,6 +36,8 @@ async def create_org(session: AsyncSession, name: str) -> Org:
 
 
 async def find_org(session: AsyncSession, name: str) -> Org | None:
+    if not full_match(NAME_PATTERN, name):
+        return None  # names none; and PostgreSQL refuses some text (a NUL byte) outright
     row = await session.scalar(select(OrgRow).where(OrgRow.name == name))
     return _org(row) if row else None
 

@@ -8,6 +8,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from turnout.errors import AliasTaken, NotFound
+from turnout.ids import ALIAS_PATTERN, MAX_VERSION_NUMBER, full_match, version_number
 from turnout.store.records import ModelVersion, Org, SyncStatus
 from turnout.store.tables import IdempotencyRow, ModelVersionRow, OrgRow, VersionAliasRow
 from turnout.store.tenants import now
@@ -113,16 +114,22 @@ async def resolve_version(session: AsyncSession, org: Org, arch_id: str, ref: st
         ModelVersionRow.arch_id == arch_id,
         ModelVersionRow.deleted.is_(None),
     )
-    if ref.isdigit():
-        row = await session.scalar(query.where(ModelVersionRow.version_number == int(ref)))
+    number = version_number(ref)
+    row = None
+    if number is not None:
         what = f"version {ref}"
+        if number <= MAX_VERSION_NUMBER:
+            row = await session.scalar(query.where(ModelVersionRow.version_number == number))
     else:
-        row = await session.scalar(
-            query.join(VersionAliasRow, VersionAliasRow.version_id == ModelVersionRow.id).where(
-                VersionAliasRow.alias == ref
-            )
-        )
         what = f"alias {ref!r}"
+        # Anything that cannot be an alias names none: no need to ask the database (which may
+        # refuse the text, e.g. a NUL byte on PostgreSQL).
+        if full_match(ALIAS_PATTERN, ref):
+            row = await session.scalar(
+                query.join(VersionAliasRow, VersionAliasRow.version_id == ModelVersionRow.id).where(
+                    VersionAliasRow.alias == ref
+                )
+            )
     if row is None:
         raise NotFound(
             f"{what} of architecture {arch_id!r} does not exist in org {org.name!r}; "

@@ -8,16 +8,25 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from turnout.api.deps import Caller, IdempotencyKey, ServicesDep
+from turnout.api.errors import error_responses
 from turnout.api.schemas import deployments as dwire
 from turnout.api.schemas import endpoints as ewire
 from turnout.api.schemas import versions as vwire
 from turnout.api.schemas.architectures import ArchitectureList
 
-router = APIRouter(prefix="/management/v1", tags=["management"])
+# Every route: 401 without a valid management key, 404 for what does not exist (or is another
+# org's), 422 for a schema violation. Each route lists what else it can answer.
+router = APIRouter(
+    prefix="/management/v1", tags=["management"], responses=error_responses(401, 404, 422)
+)
+#: An org-scoped path: 403 for another org's name.
+ORG = error_responses(403)
+#: A JSON body: 400 when it is not JSON, 413 when it is too large.
+BODY = error_responses(400, 413)
 VERSION = "/orgs/{org_name}/models/{model_arch_id}/versions/{version_id}"
 
 
-@router.get("/orgs/{org_name}/models", summary="List model architectures")
+@router.get("/orgs/{org_name}/models", summary="List model architectures", responses=ORG)
 async def list_architectures(org_name: str, s: ServicesDep, caller: Caller) -> ArchitectureList:
     return await s.models.list_architectures(caller, org_name)
 
@@ -25,6 +34,7 @@ async def list_architectures(org_name: str, s: ServicesDep, caller: Caller) -> A
 @router.get(
     "/orgs/{org_name}/models/{model_arch_id}/versions",
     summary="List model versions",
+    responses=ORG,
     response_model_exclude_none=True,
 )
 async def list_versions(
@@ -36,6 +46,7 @@ async def list_versions(
 @router.post(
     "/orgs/{org_name}/models:upload",
     summary="Upload model version",
+    responses={**ORG, **BODY, **error_responses(409)},
     response_model_exclude_none=True,
 )
 async def upload(
@@ -48,14 +59,23 @@ async def upload(
     return await s.models.upload(caller, org_name, body, idempotency_key)
 
 
-@router.get(VERSION, summary="Retrieve model version status", response_model_exclude_none=True)
+@router.get(
+    VERSION,
+    summary="Retrieve model version status",
+    responses=ORG,
+    response_model_exclude_none=True,
+)
 async def get_version(
     org_name: str, model_arch_id: str, version_id: str, s: ServicesDep, caller: Caller
 ) -> vwire.ModelVersion:
     return await s.models.get_version(caller, org_name, model_arch_id, version_id)
 
 
-@router.patch(VERSION, summary="Update model version aliases")
+@router.patch(
+    VERSION,
+    summary="Update model version aliases",
+    responses={**ORG, **BODY, **error_responses(409)},
+)
 async def update_aliases(
     org_name: str,
     model_arch_id: str,
@@ -67,14 +87,14 @@ async def update_aliases(
     return await s.models.set_aliases(caller, org_name, model_arch_id, version_id, body)
 
 
-@router.delete(VERSION, summary="Delete model version")
+@router.delete(VERSION, summary="Delete model version", responses={**ORG, **error_responses(409)})
 async def delete_version(
     org_name: str, model_arch_id: str, version_id: str, s: ServicesDep, caller: Caller
 ) -> vwire.VersionDeleted:
     return await s.models.delete_version(caller, org_name, model_arch_id, version_id)
 
 
-@router.get("/orgs/{org_name}/endpoints", summary="List endpoints")
+@router.get("/orgs/{org_name}/endpoints", summary="List endpoints", responses=ORG)
 async def list_endpoints(org_name: str, s: ServicesDep, caller: Caller) -> ewire.EndpointList:
     return await s.endpoints.list_endpoints(caller, org_name)
 
@@ -89,6 +109,7 @@ async def endpoint_status(endpoint_id: str, s: ServicesDep, caller: Caller) -> e
 @router.post(
     "/endpoints/{endpoint_id}:deployModel",
     summary="Deploy model to endpoint",
+    responses={**BODY, **error_responses(403, 409)},
     response_model_exclude_none=True,
 )
 async def deploy_model(
@@ -126,6 +147,7 @@ async def list_deployments(
 @router.post(
     "/endpoints/{endpoint_id}/deployments/{deployment_id}:cancel",
     summary="Cancel a deployment",
+    responses=error_responses(409),
     response_model_exclude_none=True,
 )
 async def cancel_deployment(
@@ -137,6 +159,7 @@ async def cancel_deployment(
 @router.post(
     "/endpoints/{endpoint_id}:rollback",
     summary="Roll back to the previous version",
+    responses=error_responses(409),
     response_model_exclude_none=True,
 )
 async def rollback(endpoint_id: str, s: ServicesDep, caller: Caller) -> dwire.DeploymentOperation:

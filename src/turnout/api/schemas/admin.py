@@ -103,3 +103,42 @@ class ReplicaOut(ManagementModel):
 
 class ReplicaList(ManagementModel):
     replicas: list[ReplicaOut]
+
+
+class SourceAllow(ManagementModel):
+    #: s3://bucket[/prefix], an absolute directory (or file:///dir), or hf://namespace[/repo].
+    uri: str = Field(min_length=1, max_length=1024, examples=["s3://acme-weights/models"])
+    #: s3: an AWS profile of the server (its credentials file); hf: the server environment
+    #: variable that holds the org's token. Never the secret itself.
+    credentials: str | None = Field(default=None, max_length=256, examples=["acme"])
+
+
+class SourceRemove(ManagementModel):
+    uri: str = Field(min_length=1, max_length=1024)
+
+
+class SourceOut(ManagementModel):
+    org: str
+    scheme: str
+    uri: str
+    credentials: str | None = None
+    created: int
+
+
+class SourceList(ManagementModel):
+    sources: list[SourceOut]
+
+
+class DeploymentDetail(ManagementModel):
+    """What the operator sees of a deployment: its full error and events, engine log lines
+    and server paths included (tenants see them redacted)."""
+
+    deployment_id: str
+    endpoint_id: str
+    org: str
+    version_id: int
+    state: str
+    step: str
+    error_code: str | None = None
+    error_message: str | None = None
+    events: list[str]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ManagementModel(BaseModel):
@@ -14,3 +14,12 @@ class OperationError(ManagementModel):
 
     code: str
     message: str
+
+
+class ErrorBody(ManagementModel):
+    """Every error response (DESIGN §4): the inference API's flat shape, on every surface."""
+
+    message: str = Field(examples=["endpoint 'x' does not exist or your org does not manage it"])
+    type: str = Field(examples=["not_found_error"])
+    param: str | None = Field(examples=["endpoint_id"])
+    code: str | None = Field(examples=["endpoint_not_found"])

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from turnout.api.schemas.base import ManagementModel, OperationError
+from turnout.ids import ALIAS_PATTERN, FINGERPRINT_SUFFIX_PATTERN
 
 SyncStatusName = Literal["queued", "in_progress", "done", "failed"]
+
+# Schema patterns are checked by pydantic-core's regex engine, where ``$`` ends the text (a
+# trailing newline does not match): a violation is a 422 naming the field path.
+Alias = Annotated[str, Field(pattern=ALIAS_PATTERN.pattern, examples=["production"])]
+FingerprintSuffix = Annotated[str, Field(pattern=FINGERPRINT_SUFFIX_PATTERN.pattern)]
 
 
 class UploadModel(ManagementModel):
@@ -19,8 +25,10 @@ class UploadModel(ManagementModel):
         description="s3://bucket/prefix, file:///dir (or an absolute path), https://… or hf://org/repo",
         examples=["s3://my-bucket/model-weights"],
     )
-    version_aliases: list[str] = Field(default_factory=list, max_length=64)
-    system_fingerprint_suffix: str | None = Field(default=None, examples=["my-custom-suffix"])
+    version_aliases: list[Alias] = Field(default_factory=list, max_length=64)
+    system_fingerprint_suffix: FingerprintSuffix | None = Field(
+        default=None, examples=["my-custom-suffix"]
+    )
 
 
 class UploadRequest(ManagementModel):
@@ -63,7 +71,7 @@ class ModelVersionList(ManagementModel):
 
 class AliasUpdate(ManagementModel):
     # reference §1.5
-    version_aliases: list[str] = Field(max_length=64, examples=[["production", "v1-stable"]])
+    version_aliases: list[Alias] = Field(max_length=64, examples=[["production", "v1-stable"]])
 
 
 class AliasUpdateResponse(ManagementModel):

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from turnout.api.schemas import admin as wire
 from turnout.errors import BadRequest, NotFound
-from turnout.ids import NAME_PATTERN, hash_key, new_key, new_key_id
+from turnout.ids import KEY_ID_PATTERN, NAME_PATTERN, full_match, hash_key, new_key, new_key_id
 from turnout.placement.engines import EngineCatalog
 from turnout.registry.architectures import (
     BUILTIN_ARCHITECTURES,
@@ -16,12 +16,13 @@ from turnout.registry.architectures import (
     get_architecture,
     gpus_per_replica,
 )
+from turnout.registry.scope import grant_key, grant_uri
 from turnout.states import ACTIVE, Event, IllegalTransition
-from turnout.store import deployments, tenants
+from turnout.store import deployments, sources, tenants
 from turnout.store import endpoints as endpoints_repo
 from turnout.store import replicas as replica_rows
 from turnout.store.db import Database
-from turnout.store.records import ApiKey, ArchitectureRecord, Endpoint, KeyKind
+from turnout.store.records import ApiKey, ArchitectureRecord, Endpoint, KeyKind, SourceGrant
 
 
 def catalog_records() -> list[ArchitectureRecord]:
@@ -32,7 +33,7 @@ def catalog_records() -> list[ArchitectureRecord]:
 
 
 def _check_name(value: str, what: str, param: str) -> None:
-    if not NAME_PATTERN.match(value):
+    if not full_match(NAME_PATTERN, value):
         raise BadRequest(
             f"{what} {value!r} is not a valid name: use 2-128 lowercase letters, digits, '.' "
             "or '-', starting with a letter and ending with a letter or digit",
@@ -64,6 +65,16 @@ def _endpoint_out(e: Endpoint) -> wire.EndpointOut:
         created=e.created,
         serving_deployment_id=e.serving_deployment_id,
         replica_problem=e.replica_problem,
+    )
+
+
+def _source_out(org: str, grant: SourceGrant) -> wire.SourceOut:
+    return wire.SourceOut(
+        org=org,
+        scheme=grant.scheme,
+        uri=grant_uri(grant.scheme, grant.prefix),
+        credentials=grant.credentials,
+        created=grant.created,
     )
 
 
@@ -149,6 +160,8 @@ class AdminService:
         return wire.KeyList(keys=[_key_out(k) for k in keys])
 
     async def revoke_key(self, key_id: str) -> wire.KeyOut:
+        if not full_match(KEY_ID_PATTERN, key_id):  # not an id we give out: names no key
+            raise NotFound(f"key {key_id!r} does not exist", param="key_id")
         async with self.db.session() as s:
             key = await tenants.revoke_key(s, key_id)
         self.on_keys_changed()
@@ -229,6 +242,54 @@ class AdminService:
                 )
                 for r in rows
             ]
+        )
+
+    # -- weight sources an org may sync from (registry/scope.py) ------------------------------
+
+    async def allow_source(
+        self, org_name: str, uri: str, credentials: str | None
+    ) -> wire.SourceOut:
+        scheme, prefix = grant_key(uri)
+        if scheme == "file" and credentials:
+            raise BadRequest("local directories take no credentials", param="credentials")
+        async with self.db.session() as s:
+            org = await tenants.get_org(s, org_name)
+            grant = await sources.allow(s, org, scheme, prefix, credentials)
+        return _source_out(org.name, grant)
+
+    async def list_sources(self, org_name: str) -> wire.SourceList:
+        async with self.db.session() as s:
+            org = await tenants.get_org(s, org_name)
+            found = await sources.grants(s, org.id)
+        return wire.SourceList(sources=[_source_out(org.name, g) for g in found])
+
+    async def remove_source(self, org_name: str, uri: str) -> wire.SourceList:
+        scheme, prefix = grant_key(uri)
+        async with self.db.session() as s:
+            org = await tenants.get_org(s, org_name)
+            if not await sources.remove(s, org, scheme, prefix):
+                raise NotFound(
+                    f"org {org.name!r} has no grant for {grant_uri(scheme, prefix)}; list them "
+                    f"with `turnout admin org sources {org.name}`",
+                    param="uri",
+                )
+        return await self.list_sources(org_name)
+
+    async def deployment(self, deployment_id: str) -> wire.DeploymentDetail:
+        """The operator's view: the stored error and events as written, log lines included."""
+        async with self.db.session() as s:
+            d = await deployments.get_deployment(s, deployment_id)
+            events = await deployments.list_events(s, deployment_id)
+        return wire.DeploymentDetail(
+            deployment_id=d.id,
+            endpoint_id=d.endpoint_id,
+            org=d.org_name,
+            version_id=d.version_number,
+            state=d.state.value,
+            step=d.step.value,
+            error_code=d.error_code,
+            error_message=d.error_message,
+            events=[f"{e.at:.3f} {e.step}: {e.message}" for e in events],
         )
 
     async def delete_endpoint(self, endpoint_id: str) -> wire.EndpointOut:

@@ -12,9 +12,18 @@ from turnout.api.schemas import deployments as dwire
 from turnout.api.schemas import endpoints as ewire
 from turnout.api.schemas.base import OperationError
 from turnout.api.services.auth import Principal, check_org
-from turnout.api.services.models import body_hash
+from turnout.api.services.models import body_hash, sync_error_text
+from turnout.api.services.races import run_again_on_race
+from turnout.api.services.redact import tenant_text
 from turnout.errors import BadRequest, Conflict, NotFound, PermissionDenied, ValidationFailed
-from turnout.ids import ALIAS_PATTERN, VersionRef, new_deployment_id
+from turnout.ids import (
+    ALIAS_PATTERN,
+    DEPLOYMENT_ID_PATTERN,
+    VersionRef,
+    full_match,
+    new_deployment_id,
+    version_number,
+)
 from turnout.policy import (
     SURGE,
     CanaryStep,
@@ -47,9 +56,9 @@ def deployment_schema(
     state = d.state
     error = None
     if state in (DeploymentState.FAILED, DeploymentState.CANCELLED):
-        error = OperationError(
-            code=d.error_code or state.value, message=d.error_message or f"deployment {state}"
-        )
+        # Stored for the operator (engine log lines, paths); the tenant gets a redacted line.
+        message = tenant_text(d.error_message or f"deployment {state}", internal_urls=True)
+        error = OperationError(code=d.error_code or state.value, message=message)
     return dwire.DeploymentOperation(
         name=d.id,
         done=state not in ACTIVE,
@@ -218,7 +227,11 @@ class EndpointsService:
                 ready=sum(r.state is ReplicaState.READY for r in rows),
                 total=len(rows),
                 wanted=endpoint.replicas,
-                problem=endpoint.replica_problem,
+                problem=(
+                    tenant_text(endpoint.replica_problem, internal_urls=True)
+                    if endpoint.replica_problem
+                    else None
+                ),
                 items=[
                     ewire.ReplicaItem(
                         replica_id=r.id,
@@ -244,31 +257,33 @@ class EndpointsService:
         policy = policy_from_wire(request.rollout)
         # The published body alone hashes as before, so old Idempotency-Keys still match.
         body = request.model if request.rollout is None else request.model_dump_json()
-        async with self.db.session() as s:
-            endpoint = await self._owned(s, principal, endpoint_id)
-            if idem_key:
-                found = await versions.find_idempotent(
-                    s, principal.org, f"deploy:{endpoint_id}", idem_key
-                )
-                if found:
-                    if found[0] != body_hash(body):
-                        raise Conflict(
-                            f"Idempotency-Key {idem_key!r} was used with a different body; "
-                            "use a new key",
-                            code="idempotency_key_reused",
-                        )
-                    return deployment_schema(await deployments.get_deployment(s, found[1]))
-            deployment = await self._submit(s, principal, endpoint, ref, policy)
-            if idem_key:
-                await versions.record_idempotent(
-                    s,
-                    principal.org,
-                    f"deploy:{endpoint_id}",
-                    idem_key,
-                    body_hash(body),
-                    deployment.id,
-                )
-        self.on_queued()
+        route = f"deploy:{endpoint_id}"
+
+        async def submit() -> tuple[Deployment, bool]:
+            async with self.db.session() as s:
+                endpoint = await self._owned(s, principal, endpoint_id)
+                if idem_key:
+                    found = await versions.find_idempotent(s, principal.org, route, idem_key)
+                    if found:
+                        if found[0] != body_hash(body):
+                            raise Conflict(
+                                f"Idempotency-Key {idem_key!r} was used with a different body; "
+                                "use a new key",
+                                code="idempotency_key_reused",
+                            )
+                        return await deployments.get_deployment(s, found[1]), False
+                deployment = await self._submit(s, principal, endpoint, ref, policy)
+                if idem_key:
+                    await versions.record_idempotent(
+                        s, principal.org, route, idem_key, body_hash(body), deployment.id
+                    )
+            return deployment, True
+
+        # Concurrent deploys race for the next seq (unique), and concurrent retries with one
+        # Idempotency-Key for its record: the loser runs again and finds the winner's row.
+        deployment, new = await run_again_on_race(":deployModel", submit)
+        if new:
+            self.on_queued()
         return deployment_schema(deployment)
 
     async def _submit(
@@ -294,7 +309,8 @@ class EndpointsService:
             )
         version = await versions.resolve_version(s, principal.org, ref.arch_id, ref.version)
         if version.sync_status is not SyncStatus.DONE:
-            detail = f": {version.sync_error}" if version.sync_error else ""
+            # The version's own error, as its status shows it (no server paths).
+            detail = f": {sync_error_text(version)}" if version.sync_error else ""
             raise Conflict(
                 f"{version.name} cannot be deployed: its sync is {version.sync_status}{detail}. "
                 "Wait for sync_status done, or upload the weights again",
@@ -306,20 +322,28 @@ class EndpointsService:
             deployment_id=new_deployment_id(),
             endpoint=endpoint,
             version_pk=version.id,
-            alias_used=None if ref.version.isdigit() else ref.version,
+            alias_used=None if version_number(ref.version) is not None else ref.version,
             policy=policy,
         )
 
     async def get_deployment(
         self, principal: Principal, deployment_id: str
     ) -> dwire.DeploymentOperation:
+        if not full_match(DEPLOYMENT_ID_PATTERN, deployment_id):
+            raise deployments.deployment_not_found(deployment_id)  # not an id we ever give out
         async with self.db.session() as s:
             d = await deployments.get_deployment(s, deployment_id)
             if d.org_id != principal.org.id:
                 raise deployments.deployment_not_found(deployment_id)  # as for an unknown id
             events = await deployments.list_events(s, deployment_id)
         return deployment_schema(
-            d, [dwire.DeploymentEvent(at=e.at, step=e.step, message=e.message) for e in events]
+            d,
+            [
+                dwire.DeploymentEvent(
+                    at=e.at, step=e.step, message=tenant_text(e.message, internal_urls=True)
+                )
+                for e in events
+            ],
         )
 
     async def list_deployments(
@@ -335,7 +359,9 @@ class EndpointsService:
     ) -> dwire.DeploymentOperation:
         async with self.db.session() as s:
             await self._owned(s, principal, endpoint_id)
-            d = await deployments.find_deployment(s, deployment_id)
+            d = None
+            if full_match(DEPLOYMENT_ID_PATTERN, deployment_id):
+                d = await deployments.find_deployment(s, deployment_id)
             if d is None or d.endpoint_id != endpoint_id:
                 raise NotFound(
                     f"deployment {deployment_id!r} does not exist on endpoint {endpoint_id!r}",

@@ -5,31 +5,42 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from typing import Protocol
-
-from sqlalchemy.exc import IntegrityError
+from urllib.parse import unquote, urlsplit
 
 from turnout.api.schemas import versions as wire
 from turnout.api.schemas.architectures import ArchitectureList
 from turnout.api.schemas.base import OperationError
 from turnout.api.services.auth import Principal, check_org
-from turnout.errors import BadRequest, Conflict, NotFound, VersionInUse
-from turnout.ids import ALIAS_PATTERN, FINGERPRINT_SUFFIX_PATTERN
+from turnout.api.services.races import run_again_on_race
+from turnout.api.services.redact import tenant_text
+from turnout.errors import Conflict, NotFound, ValidationFailed, VersionInUse
+from turnout.ids import ALIAS_PATTERN, FINGERPRINT_SUFFIX_PATTERN, full_match
 from turnout.registry.architectures import get_architecture
+from turnout.registry.scope import Grant
 from turnout.states import ACTIVE
-from turnout.store import deployments, tenants, versions
+from turnout.store import deployments, sources, tenants, versions
 from turnout.store.db import Database
 from turnout.store.records import ModelVersion, Org, SyncStatus
 
 
 class SourceCheck(Protocol):
-    def __call__(self, uri: str) -> None: ...
+    """Raises SourceNotAllowed (403) or BadRequest for a URI ``org`` may not sync from."""
+
+    def __call__(self, uri: str, org: str, grants: list[Grant]) -> None: ...
+
+
+def sync_error_text(v: ModelVersion) -> str:
+    """The version's sync error as the tenant sees it: its own URI stays readable, other
+    server paths do not reach it."""
+    own = (v.weight_uri, unquote(urlsplit(v.weight_uri).path))
+    return tenant_text(v.sync_error or "sync failed", keep=own)
 
 
 def version_schema(v: ModelVersion) -> wire.ModelVersion:
     status = v.sync_status
     error = None
     if status is SyncStatus.FAILED:
-        error = OperationError(code="sync_failed", message=v.sync_error or "sync failed")
+        error = OperationError(code="sync_failed", message=sync_error_text(v))
     return wire.ModelVersion(
         name=v.name,
         done=status in (SyncStatus.DONE, SyncStatus.FAILED),
@@ -47,17 +58,19 @@ def version_schema(v: ModelVersion) -> wire.ModelVersion:
     )
 
 
-def check_aliases(aliases: list[str]) -> None:
+def check_aliases(aliases: list[str], param: str) -> None:
+    """The schema checks the pattern already; this is the service's own guard (and the one
+    check the schema cannot express: no alias twice). Both are schema violations: 422."""
     for i, alias in enumerate(aliases):
-        if not ALIAS_PATTERN.match(alias):
-            raise BadRequest(
-                f"alias {alias!r} does not match {ALIAS_PATTERN.pattern}: 2-128 characters, "
-                "starting with a lowercase letter, ending with a lowercase letter or digit",
-                param=f"version_aliases.{i}",
-                code="invalid_alias",
+        if not full_match(ALIAS_PATTERN, alias):
+            raise ValidationFailed(
+                f"{param}.{i}: alias {alias!r} does not match {ALIAS_PATTERN.pattern}: 2-128 "
+                "characters, starting with a lowercase letter, ending with a lowercase letter "
+                "or digit",
+                param=f"{param}.{i}",
             )
     if len(set(aliases)) != len(aliases):
-        raise BadRequest("version_aliases lists an alias twice", param="version_aliases")
+        raise ValidationFailed(f"{param}: lists an alias twice", param=param)
 
 
 def body_hash(payload: str) -> str:
@@ -97,42 +110,46 @@ class ModelsService:
         self, principal: Principal, org_name: str, req: wire.UploadRequest, idem_key: str | None
     ) -> wire.ModelVersion:
         org = await self._granted_org(principal, org_name, req.model_arch_id)
-        check_aliases(req.model.version_aliases)
+        check_aliases(req.model.version_aliases, "model.version_aliases")
         suffix = req.model.system_fingerprint_suffix
-        if suffix is not None and not FINGERPRINT_SUFFIX_PATTERN.match(suffix):
-            raise BadRequest(
-                f"system_fingerprint_suffix {suffix!r} must match "
+        if suffix is not None and not full_match(FINGERPRINT_SUFFIX_PATTERN, suffix):
+            raise ValidationFailed(
+                f"model.system_fingerprint_suffix: {suffix!r} must match "
                 f"{FINGERPRINT_SUFFIX_PATTERN.pattern}",
                 param="model.system_fingerprint_suffix",
             )
-        self.check_source(req.model.weight_uri)
+        async with self.db.session() as s:
+            own = [
+                Grant(g.scheme, g.prefix, g.credentials) for g in await sources.grants(s, org.id)
+            ]
+        self.check_source(req.model.weight_uri, org.name, own)
         digest = body_hash(req.model_dump_json())
-        for attempt in range(3):
-            try:
-                async with self.db.session() as s:
-                    if idem_key:
-                        found = await versions.find_idempotent(s, org, "models:upload", idem_key)
-                        if found:
-                            return await self._replay(s, found, digest, idem_key)
-                    version = await versions.create_version(
-                        s,
-                        org,
-                        req.model_arch_id,
-                        weight_uri=req.model.weight_uri,
-                        fingerprint_suffix=suffix,
-                        aliases=req.model.version_aliases,
+
+        async def create() -> tuple[wire.ModelVersion, bool]:
+            async with self.db.session() as s:
+                if idem_key:
+                    found = await versions.find_idempotent(s, org, "models:upload", idem_key)
+                    if found:
+                        return await self._replay(s, found, digest, idem_key), False
+                version = await versions.create_version(
+                    s,
+                    org,
+                    req.model_arch_id,
+                    weight_uri=req.model.weight_uri,
+                    fingerprint_suffix=suffix,
+                    aliases=req.model.version_aliases,
+                )
+                if idem_key:
+                    await versions.record_idempotent(
+                        s, org, "models:upload", idem_key, digest, str(version.id)
                     )
-                    if idem_key:
-                        await versions.record_idempotent(
-                            s, org, "models:upload", idem_key, digest, str(version.id)
-                        )
-                break
-            except IntegrityError:
-                # Another upload took the same version number (or idempotency key) first.
-                if attempt == 2:
-                    raise
-        self.on_queued()
-        return version_schema(version)
+            return version_schema(version), True
+
+        # A concurrent upload may take the same version number (or idempotency key) first.
+        created, new = await run_again_on_race("models:upload", create)
+        if new:
+            self.on_queued()
+        return created
 
     async def _replay(
         self, s: object, found: tuple[str, str], digest: str, idem_key: str
@@ -167,7 +184,7 @@ class ModelsService:
         self, principal: Principal, org_name: str, arch_id: str, ref: str, req: wire.AliasUpdate
     ) -> wire.AliasUpdateResponse:
         org = await self._granted_org(principal, org_name, arch_id)
-        check_aliases(req.version_aliases)
+        check_aliases(req.version_aliases, "version_aliases")
         async with self.db.session() as s:
             version = await versions.resolve_version(s, org, arch_id, ref)
             await versions.set_aliases(s, org, arch_id, version.id, req.version_aliases)

@@ -8,6 +8,7 @@ and for every file in it, so a symlink inside an allowed directory cannot point 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,6 +19,8 @@ from turnout.errors import BadRequest, SourceNotAllowed
 from turnout.registry.config import SyncConfig
 from turnout.registry.sources.base import FetchContext, SyncFailed, run_blocking
 from turnout.registry.validate import is_model_file
+
+log = logging.getLogger(__name__)
 
 _CHUNK: Final = 8 * 2**20
 _SETTING: Final = "TURNOUT_ALLOWED_LOCAL_ROOTS"
@@ -38,8 +41,8 @@ class LocalSource:
             raise BadRequest(f"{uri}: a local weight_uri must be an absolute path")
         if not config.allowed_local_roots:
             raise SourceNotAllowed(
-                f"{uri}: local weight sources are disabled on this server; "
-                f"the operator can allow directories with {_SETTING}",
+                f"{uri}: local weight sources are not allowed for your org on this server; "
+                f"ask the operator ({_SETTING}, or `turnout admin org file-allow`)",
                 param="model.weight_uri",
             )
         source = cls(uri, Path(raw), tuple(r.resolve() for r in config.allowed_local_roots))
@@ -48,11 +51,12 @@ class LocalSource:
 
     def confine(self, real: Path, *, what: str) -> None:
         if not any(real.is_relative_to(root) for root in self.roots):
-            roots = ", ".join(str(r) for r in self.roots)
+            # The tenant learns the rule, not where the path leads nor what is allowed.
+            log.warning("refused %s: resolves to %s, outside %s", what, real, self.roots)
             raise SourceNotAllowed(
-                f"{what} resolves to {real}, which is outside the allowed local roots "
-                f"({roots}); move the model under one of them or add its directory to "
-                f"{_SETTING}",
+                f"{what} is outside the local directories your org may sync from (symlinks "
+                f"and '..' are followed first); ask the operator to allow its directory "
+                f"({_SETTING}, or `turnout admin org file-allow`)",
                 param="model.weight_uri",
             )
 
@@ -84,7 +88,8 @@ class LocalSource:
         except SourceNotAllowed as exc:
             raise SyncFailed(exc.message) from exc
         except OSError as exc:
-            raise SyncFailed(f"cannot read {self.uri}: {exc.strerror or exc}") from exc
+            log.warning("cannot read %s: %s", self.uri, exc)
+            raise SyncFailed(f"cannot read {self.uri}: {exc.strerror or 'I/O error'}") from exc
         _check_limits(self.uri, files, ctx.config)
         return files
 
@@ -106,4 +111,5 @@ def _copy(src: Path, dst: Path, ctx: FetchContext) -> None:
                 fout.write(chunk)
                 ctx.meter.add(len(chunk))
     except OSError as exc:
-        raise SyncFailed(f"copying {src.name} failed: {exc.strerror or exc}") from exc
+        log.warning("copying %s to %s failed: %s", src, dst, exc)
+        raise SyncFailed(f"copying {src.name} failed: {exc.strerror or 'I/O error'}") from exc

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -32,6 +33,8 @@ from turnout.errors import BadRequest
 from turnout.registry.config import SyncConfig
 from turnout.registry.sources.base import FetchContext, SyncFailed, run_blocking
 from turnout.registry.validate import is_model_file
+
+log = logging.getLogger(__name__)
 
 _CHUNK: Final = 2**20
 #: Sidecar fields that must match the listing for saved progress to be reused.
@@ -118,7 +121,16 @@ def make_client(config: SyncConfig) -> Any:
         s3=s3 or None,
     )
     # A session per client: boto3's default session is shared state and not thread-safe.
-    return boto3.session.Session().client(
+    # The org's grant may name its own profile (its credentials, not the server's).
+    try:
+        session = boto3.session.Session(profile_name=config.s3_profile)
+    except botocore.exceptions.ProfileNotFound as exc:
+        log.warning("S3 profile %r of a grant is not configured: %s", config.s3_profile, exc)
+        raise SyncFailed(
+            "the S3 credentials the operator set for this org are not configured on the "
+            "server; ask the operator"
+        ) from exc
+    return session.client(
         "s3",
         endpoint_url=config.s3_endpoint_url,
         region_name=config.s3_region,

@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ _MAX_MANIFEST: Final = 16 * 2**20
 _MAX_REDIRECTS: Final = 5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _SETTING: Final = "TURNOUT_ALLOWED_HOSTS"
+_SHA256: Final = re.compile(r"[0-9a-f]{64}")
 
 
 class AddressRefused(OSError):
@@ -181,6 +183,11 @@ def parse_manifest(raw: bytes, uri: str, config: SyncConfig) -> list[ManifestEnt
             '{"files": [{"path": ..., "url": ..., "size": ..., "sha256": ...}]}'
         ) from exc
     for entry in entries:
+        # A negative size would lower the total under the limit and then stream unbounded.
+        if entry.size < 0 or not _SHA256.fullmatch(entry.sha256):
+            raise SyncFailed(
+                f"{uri}: manifest entry {entry.path!r} needs a size >= 0 and a 64-digit hex sha256"
+            )
         if "/" in entry.path or "\\" in entry.path or entry.path in ("", ".", ".."):
             raise SyncFailed(
                 f"{uri}: manifest path {entry.path!r} escapes the model directory; "

@@ -1,0 +1,119 @@
+"""A fast test-double engine (stdlib only) that a test can hold at a rollout step.
+
+It speaks enough of the OpenAI API for the rollout gates and the gateway: ``/health``,
+``/ready``, ``/v1/completions``, ``/v1/chat/completions``. Every answer's text names the
+weight directory it was started with (``v:<its name>``), so a caller can tell which version
+really answered, not just which one the gateway says.
+
+Holds, so a test can catch a rollout at a step and kill the server there (files in
+``--gate-dir``, created and removed by the test):
+
+- ``hold-ready``: ``/ready`` answers 503 (the rollout waits in ``starting``);
+- ``hold-warmup``: non-streamed generations wait (the warm-up: the rollout waits in
+  ``warming``).
+
+Streams send ``--chunks`` content chunks ``--delay`` seconds apart, then ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    served_name = "model"
+    tag = "v:unknown"
+    gate_dir: Path | None = None
+    chunks = 20
+    delay = 0.0
+
+    def _held(self, name: str) -> bool:
+        return self.gate_dir is not None and (self.gate_dir / name).exists()
+
+    def _json(self, body: dict[str, object], status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/ready") and self._held("hold-ready"):
+            self._json({"status": "loading"}, 503)
+            return
+        self._json({"status": "ok"})
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+        usage = {
+            "prompt_tokens": 1,
+            "completion_tokens": self.chunks,
+            "total_tokens": 1 + self.chunks,
+        }
+        base = {"id": "chatcmpl-stub", "created": int(time.time()), "model": self.served_name,
+                "system_fingerprint": "fp_stub"}  # fmt: skip
+        if not request.get("stream"):
+            while self._held("hold-warmup"):
+                time.sleep(0.05)
+            message = {"role": "assistant", "content": self.tag}
+            choice = {"index": 0, "finish_reason": "stop", "message": message, "text": self.tag}
+            self._json({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for i in range(self.chunks):
+            last = i == self.chunks - 1
+            choice = {
+                "index": 0,
+                "delta": {"content": self.tag if i == 0 else "."},
+                "finish_reason": "stop" if last else None,
+            }
+            event = {**base, "object": "chat.completion.chunk", "choices": [choice]}
+            self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+            if self.delay:
+                time.sleep(self.delay)
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--served-name", default="model")
+    parser.add_argument("--model-dir", default="")
+    parser.add_argument("--gate-dir", default="")
+    parser.add_argument("--chunks", type=int, default=20)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--env-dump", default="", help="write os.environ here as JSON at start")
+    args = parser.parse_args()
+    if args.env_dump:
+        Path(args.env_dump).write_text(json.dumps(dict(os.environ)))
+    Handler.served_name = args.served_name
+    Handler.tag = "v:" + os.path.basename(args.model_dir.rstrip("/"))
+    Handler.gate_dir = Path(args.gate_dir) if args.gate_dir else None
+    Handler.chunks = max(1, args.chunks)
+    Handler.delay = args.delay
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
