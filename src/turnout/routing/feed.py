@@ -83,7 +83,9 @@ async def _routed_deployments(session: AsyncSession, endpoint: Endpoint) -> list
 async def _route(session: AsyncSession, endpoint: Endpoint) -> EndpointRoute:
     routed = await _routed_deployments(session, endpoint)
     if not routed:
-        return EndpointRoute(endpoint.endpoint_id, endpoint.org_name, None, None, None, ())
+        return EndpointRoute(
+            endpoint.endpoint_id, endpoint.org_name, None, None, None, (), endpoint.created
+        )
     found: list[ReplicaRoute] = []
     fingerprints: dict[str, str | None] = {}
     for deployment in routed:
@@ -108,6 +110,7 @@ async def _route(session: AsyncSession, endpoint: Endpoint) -> EndpointRoute:
         main.version_number,
         fingerprints[main.id],
         tuple(found),
+        endpoint.created,
     )
 
 

@@ -35,6 +35,8 @@ class EndpointRoute:
     #: "fp_" + first 10 hex of the version digest [+ "_" + suffix]; computed by the controller.
     fingerprint: str | None
     replicas: tuple[ReplicaRoute, ...] = ()
+    #: when the endpoint was created (unix seconds; ``/v1/models`` reports it)
+    created: int = 0
 
     def __str__(self) -> str:
         return f"{self.endpoint_id} (org {self.org_name}, version {self.version_id})"
