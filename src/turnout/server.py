@@ -26,10 +26,12 @@ from turnout.api.routes import internal
 from turnout.api.services.admin import AdminService
 from turnout.api.services.endpoints import EndpointsService
 from turnout.api.services.models import ModelsService
+from turnout.api.services.traffic import TrafficService
 from turnout.errors import ConfigError
-from turnout.gateway.app import create_gateway_app
+from turnout.gateway.app import create_gateway_app, install_flat_errors
 from turnout.gateway.keys import StaticInferenceKeys
 from turnout.gateway.routing import Router
+from turnout.gateway.traffic import Traffic
 from turnout.loop import run_control_loop
 from turnout.placement.base import Placement
 from turnout.placement.engines import EngineCatalog
@@ -77,6 +79,7 @@ class Runtime:
     services: Services
     router: Router
     keys: StaticInferenceKeys
+    traffic: Traffic | None = None
     sync: SyncWorker | None = None
     placement: Placement | None = None
     rollout: RolloutController | None = None
@@ -157,6 +160,8 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
     config = sync_config(settings)
     engines = EngineCatalog.from_file(settings.engine_templates)
     router, keys = Router(), StaticInferenceKeys()
+    # The gateway's per-minute counts; the management API reads them in the same process.
+    traffic = Traffic() if role in (Role.ALL, Role.GATEWAY) else None
     runs_workers = role in (Role.ALL, Role.WORKER)
     sync = SyncWorker(db, config) if runs_workers else None
     placement = rollout = None
@@ -185,6 +190,7 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
         admin_token=settings.admin_token,
         weights=WeightStore(settings.weights_dir.resolve()),
         internal_token=settings.resolved_internal_token(),
+        traffic=TrafficService(db, traffic, router.current),
     )
     return Runtime(
         settings,
@@ -193,6 +199,7 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
         services,
         router,
         keys,
+        traffic,
         sync,
         placement,
         rollout,
@@ -252,7 +259,10 @@ def create_server_app(settings: Settings, role: Role = Role.ALL) -> FastAPI:
     if role is Role.GATEWAY:
         bare = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
         bare.add_api_route("/healthz", healthz, methods=["GET"])
-        app = create_gateway_app(runtime.router, runtime.keys, fallback=bare)
+        install_flat_errors(bare)  # unknown routes fall through to it
+        app = create_gateway_app(
+            runtime.router, runtime.keys, traffic=runtime.traffic, fallback=bare
+        )
     elif role is Role.WORKER:
         app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
         app.add_api_route("/healthz", healthz, methods=["GET"])
@@ -267,7 +277,9 @@ def create_server_app(settings: Settings, role: Role = Role.ALL) -> FastAPI:
         app = (
             management
             if role is Role.API
-            else create_gateway_app(runtime.router, runtime.keys, fallback=management)
+            else create_gateway_app(
+                runtime.router, runtime.keys, traffic=runtime.traffic, fallback=management
+            )
         )
     app.state.runtime = runtime
     return app

@@ -16,6 +16,7 @@ inside another app would skip the gateway's lifespan, and with it the upstream s
 # the `Key` dependency alias is local to `_add_routes`.
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from turnout.errors import NotFound, PermissionDenied, TurnoutError, Unauthenticated
@@ -59,10 +61,44 @@ class _GatewayApp(FastAPI):
     proxy: Proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in PROXIED_PATHS and scope["method"] == "POST":
-            await self.proxy.handle(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] in PROXIED_PATHS:
+            if scope["method"] == "POST":
+                await self.proxy.handle(scope, receive, send)
+            else:
+                await _method_not_allowed(scope, send)
             return
         await super().__call__(scope, receive, send)
+
+
+async def _method_not_allowed(scope: Scope, send: Send) -> None:
+    body = {
+        "message": f"Method {scope['method']} is not allowed on {scope['path']}; use POST.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "method_not_allowed",
+    }
+    content = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+        (b"allow", b"POST"),
+    ]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
+
+
+class _Fallback(Mount):
+    """The app mounted under the gateway's routes. It takes no path a gateway route owns, so a
+    wrong method there is the gateway's 405 rather than the fallback's 404."""
+
+    def __init__(self, app: ASGIApp, owned: list[BaseRoute]) -> None:
+        super().__init__("/", app=app)
+        self.owned = owned
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if any(route.matches(scope)[0] is not Match.NONE for route in self.owned):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 def create_gateway_app(
@@ -114,10 +150,10 @@ def create_gateway_app(
         redoc_url=None,
     )
     app.proxy = proxy
-    _install_flat_errors(app)
+    install_flat_errors(app)
     _add_routes(app, router, keys, metrics, traffic)
     if fallback is not None:
-        app.mount("/", fallback)
+        app.router.routes.append(_Fallback(fallback, list(app.router.routes)))
     return app
 
 
@@ -126,7 +162,7 @@ async def _stop_task(task: "asyncio.Task[None]", stopping: asyncio.Event) -> Non
     await task
 
 
-def _install_flat_errors(app: FastAPI) -> None:
+def install_flat_errors(app: FastAPI) -> None:
     """Every error in the flat body: ours, FastAPI's 404/405/422, and anything unexpected."""
 
     async def on_turnout(_: Request, exc: Exception) -> Response:

@@ -21,6 +21,11 @@ async def list_orgs(s: ServicesDep) -> wire.OrgList:
     return await s.admin.list_orgs()
 
 
+@router.post("/orgs/{org_name}:limit", summary="Cap an org's requests in flight (null: no limit)")
+async def limit_org(org_name: str, body: wire.OrgLimitUpdate, s: ServicesDep) -> wire.OrgOut:
+    return await s.admin.limit_org(org_name, body)
+
+
 @router.post("/keys", summary="Create a key; the response is the only time it is shown")
 async def create_key(body: wire.KeyCreate, s: ServicesDep) -> wire.KeyOut:
     return await s.admin.create_key(body.org, body.kind)
@@ -34,6 +39,14 @@ async def list_keys(s: ServicesDep, org: str | None = None) -> wire.KeyList:
 @router.post("/keys/{key_id}:revoke", summary="Revoke a key")
 async def revoke_key(key_id: str, s: ServicesDep) -> wire.KeyOut:
     return await s.admin.revoke_key(key_id)
+
+
+@router.post(
+    "/keys/{key_id}:limit",
+    summary="Set an inference key's requests and tokens per minute (null: no limit)",
+)
+async def limit_key(key_id: str, body: wire.KeyLimitUpdate, s: ServicesDep) -> wire.KeyOut:
+    return await s.admin.limit_key(key_id, body)
 
 
 @router.get("/architectures", summary="List the architecture catalog")
