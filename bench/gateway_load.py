@@ -42,16 +42,22 @@ def _compact(payload: object) -> bytes:
 
 
 def builtin_events(count: int, include_usage: bool) -> list[bytes]:
+    """The built-in engine's chunks: each with model and fingerprint; usage in one more chunk
+    without choices when the request asks for it."""
+    head = {k: v for k, v in COMPLETION.items() if k not in ("choices", "usage")}
+    head["object"] = "chat.completion.chunk"
     out = []
     for i in range(count):
-        chunk: dict[str, Any] = dict(COMPLETION, object="chat.completion.chunk")
         last = i == count - 1
-        chunk["choices"] = [
-            {"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": "stop" if last else None}
-        ]
-        if last:
-            chunk["usage"] = COMPLETION["usage"]
-        out.append(b"data: " + _compact(chunk) + b"\n\n")
+        choice = {
+            "index": 0,
+            "delta": {"content": f"t{i}"},
+            "finish_reason": "stop" if last else None,
+        }
+        out.append(b"data: " + _compact({**head, "choices": [choice]}) + b"\n\n")
+    if include_usage:
+        usage = {**head, "choices": [], "usage": COMPLETION["usage"]}
+        out.append(b"data: " + _compact(usage) + b"\n\n")
     return out
 
 

@@ -108,15 +108,23 @@ class Rewritten(NamedTuple):
 
 
 def rewrite_json(
-    body: bytes, model: str, fingerprint: str | None, time_info: TimeInfo | None = None
+    body: bytes,
+    model: str,
+    fingerprint: str | None,
+    time_info: TimeInfo | None = None,
+    parsed: dict[str, Any] | None = None,
 ) -> Rewritten:
-    """Rewrite a whole JSON answer; a body that is not a JSON object passes unchanged."""
-    try:
-        payload = loads(body)
-    except ValueError:
-        return Rewritten(body, None, None)
-    if not isinstance(payload, dict):
-        return Rewritten(body, None, None)
+    """Rewrite a whole JSON answer (``parsed``: the body parsed already, to spare a second
+    parse); a body that is not a JSON object passes unchanged."""
+    if parsed is not None:
+        payload = parsed
+    else:
+        try:
+            payload = loads(body)
+        except ValueError:
+            return Rewritten(body, None, None)
+        if not isinstance(payload, dict):
+            return Rewritten(body, None, None)
     usage = usage_of(payload)
     add_time = time_info is not None and "time_info" not in payload
     out: bytes | None = None

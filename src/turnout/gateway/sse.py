@@ -150,7 +150,7 @@ class SSERewriter:
                 return None  # the gateway asked for it; the client did not
         add_time = usage is not None if self._wants_usage else _finishes(payload.get("choices"))
         rewritten = rewrite_json(
-            body, self._model, self._fingerprint, self._time_info if add_time else None
+            body, self._model, self._fingerprint, self._time_info if add_time else None, payload
         )
         return b"data: " + rewritten.body + end
 
