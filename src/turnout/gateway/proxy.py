@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from aiohttp.hdrs import CONTENT_TYPE
 from starlette.types import Receive, Scope, Send
@@ -252,12 +253,14 @@ class Proxy:
         done = False
         try:
             ctype = response.headers.get(CONTENT_TYPE) or "application/json"
+            # The replica is free once its answer is read, before the client has it all.
+            upstream_done = partial(self._give_back, exchange)
             if response.status == 200 and ctype.startswith("text/event-stream"):
                 status = await send_stream(
-                    exchange, response, ctype, send, self.config.request_timeout
+                    exchange, response, ctype, send, self.config.request_timeout, upstream_done
                 )
             else:
-                status = await send_whole(exchange, response, ctype, send)
+                status = await send_whole(exchange, response, ctype, send, upstream_done)
             done = status < 500
             return status
         except RELAY_ERRORS as exc:
@@ -272,7 +275,7 @@ class Proxy:
             await send_error(send, error, exchange.request_id)
             return error.status
         finally:
-            self._give_back(replica, exchange)
+            self._give_back(exchange)
             if done:
                 response.release()
             else:
@@ -284,6 +287,7 @@ class Proxy:
     ) -> ReplicaRoute:
         """Acquire a replica; label the exchange with the version that replica runs."""
         replica = self.router.acquire(replicas, exclude=exclude)
+        exchange.replica = replica
         route = exchange.route
         served = Served.by(route, replica)
         exchange.served = served
@@ -291,7 +295,11 @@ class Proxy:
         exchange.series.in_flight.inc()
         return replica
 
-    def _give_back(self, replica: ReplicaRoute, exchange: Exchange) -> None:
+    def _give_back(self, exchange: Exchange) -> None:
+        """Release the exchange's replica, once."""
+        replica, exchange.replica = exchange.replica, None
+        if replica is None:
+            return
         self.router.release(replica)
         if exchange.series is not None:
             exchange.series.in_flight.dec()
@@ -314,14 +322,14 @@ class Proxy:
                 return replica, await post
             except UpstreamUnreachable as exc:
                 # The replica cannot have produced anything yet: another one may answer.
-                self._give_back(replica, exchange)
+                self._give_back(exchange)
                 logger.warning(
                     "request %s: replica %s unreachable: %r", exchange.request_id, replica, exc
                 )
                 failed = replica
                 error: Exception = exc
             except RELAY_ERRORS as exc:  # a timeout, or an answer that is not HTTP
-                self._give_back(replica, exchange)
+                self._give_back(exchange)
                 if isinstance(exc, TimeoutError):
                     raise UpstreamTimeout(
                         f"Endpoint {exchange.route.endpoint_id}'s replica did not answer within "
@@ -332,7 +340,7 @@ class Proxy:
                     "retry the request.",
                 ) from exc
             except BaseException:
-                self._give_back(replica, exchange)
+                self._give_back(exchange)
                 raise
         raise NotReady(
             f"Endpoint {exchange.route.endpoint_id}'s replicas could not be reached; "

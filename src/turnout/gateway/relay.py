@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.types import Send
 
@@ -39,8 +40,15 @@ def _headers(exchange: Exchange, content_type: str) -> Headers:
     return headers
 
 
-async def send_whole(exchange: Exchange, response: UpstreamResponse, ctype: str, send: Send) -> int:
+async def send_whole(
+    exchange: Exchange,
+    response: UpstreamResponse,
+    ctype: str,
+    send: Send,
+    upstream_done: Callable[[], None],
+) -> int:
     body = await response.read()
+    upstream_done()
     endpoint = exchange.route.endpoint_id
     status = response.status
     if status == 200 and ctype.startswith("application/json"):
@@ -73,7 +81,12 @@ async def send_whole(exchange: Exchange, response: UpstreamResponse, ctype: str,
 
 
 async def send_stream(
-    exchange: Exchange, response: UpstreamResponse, ctype: str, send: Send, read_timeout: float
+    exchange: Exchange,
+    response: UpstreamResponse,
+    ctype: str,
+    send: Send,
+    read_timeout: float,
+    upstream_done: Callable[[], None],
 ) -> int:
     """Relay the stream; return the status it ends with for the metrics (200, or the error's)."""
     served = _served(exchange)
@@ -122,6 +135,7 @@ async def send_stream(
             )
         await _end_with_error(send, stream_error(status, code, message), status)
         return status
+    upstream_done()
     exchange.usage = rewriter.usage
     tail = rewriter.flush()
     if rewriter.failed:

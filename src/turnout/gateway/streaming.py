@@ -39,6 +39,8 @@ class Exchange:
     #: the client asked for a stream's usage event (``stream_options.include_usage``)
     wants_usage: bool = False
     admission: Admission | None = None
+    #: the replica taken, until it is given back
+    replica: ReplicaRoute | None = None
     #: set when a replica is taken: with a rolling rollout, the replica decides the version
     served: Served | None = None
     series: EndpointSeries | None = None
