@@ -168,3 +168,23 @@ def _wait(done: Callable[[], bool]) -> bool:
             return True
         time.sleep(0.01)
     return done()
+
+
+def test_leaving_a_stream_early_still_costs_its_tokens(
+    replicas: Replicas, gateway: Gateway
+) -> None:
+    a = replicas("a")
+    gw = gateway(table(route("ep-a", "org-a", [a])), keys(k=KeyEntry("org-a", "k1", tpm=12)))
+    body = {"model": "ep-a", "messages": HI, "stream": True, "hold": True}
+    for _ in range(2):  # each estimated at 5 tokens; the client leaves after the first chunk
+        a.cancelled.clear()
+        with httpx.Client() as client:
+            with client.stream(
+                "POST", gw.url + CHAT, json=body, headers={"Authorization": "Bearer k"}
+            ) as r:
+                assert r.status_code == 200
+                next(r.iter_lines())
+        assert a.cancelled.wait(10)
+        assert _wait(lambda: gw.call(lambda: gw.router.outstanding("a")) == 0)
+    r = post(gw, "k")
+    assert r.status_code == 429 and r.json()["code"] == "token_quota_exceeded"

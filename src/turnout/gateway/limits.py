@@ -158,7 +158,8 @@ class Limits:
         return Admission(entry, tokens, estimate, headers, cap is not None)
 
     def finish(self, admission: Admission, used_tokens: int | None) -> None:
-        """Settle the token estimate with what the answer used (None: nothing, it failed)."""
+        """Settle the token estimate with what the answer used: its usage, or 0 when it
+        failed before anything was sent (an estimate stands when it is passed back)."""
         if admission.counted_in_flight:
             org = admission.entry.org
             left = self._in_flight.get(org, 0) - 1
@@ -168,7 +169,7 @@ class Limits:
                 self._in_flight.pop(org, None)
         tokens = admission.tokens
         if tokens is not None:
-            used = 0 if used_tokens is None else used_tokens  # a failure gives it all back
+            used = 0 if used_tokens is None else used_tokens
             tokens.level = min(float(tokens.capacity), tokens.level + admission.estimate - used)
 
     @staticmethod

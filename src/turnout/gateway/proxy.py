@@ -239,7 +239,7 @@ class Proxy:
             tally.input_tokens += usage.prompt_tokens
             tally.output_tokens += usage.completion_tokens
         if exchange.admission is not None:
-            self.limits.finish(exchange.admission, usage.total if usage is not None else None)
+            self.limits.finish(exchange.admission, _used_tokens(exchange, status))
 
     async def _exchange(
         self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...], send: Send
@@ -348,6 +348,18 @@ class Proxy:
             retry_after=1,
             code="replica_unreachable",
         ) from error
+
+
+def _used_tokens(exchange: Exchange, status: int) -> int | None:
+    """What a limited key is charged: the answer's usage; nothing when it failed before any
+    answer went out; the estimate when the client left or a stream broke off after it began
+    (else leaving early would dodge the tokens-per-minute limit)."""
+    if status == 200 and exchange.usage is not None:
+        return exchange.usage.total
+    admission = exchange.admission
+    if status == 499 or (exchange.stream and exchange.first_out):
+        return admission.estimate if admission is not None else None
+    return None
 
 
 def _error_code(status: int) -> str:
