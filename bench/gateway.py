@@ -1,18 +1,22 @@
-"""Gateway overhead benchmark (DESIGN §5): run ``python bench/gateway.py [--quick] [--no-engine]``.
+"""Gateway overhead benchmark (DESIGN §5): ``python bench/gateway.py [--no-engine] [--src DIR]``.
 
-Three processes: a minimal fast upstream (raw aiohttp), the gateway (uvicorn, one worker,
-uvloop + httptools when installed) and this process as the load generator (raw keep-alive
-HTTP/1.1 connections parsed with httptools, on uvloop, so that it costs less than what it
-loads). Every number is the median of ``--rounds`` rounds (default 3) in the same processes.
-Measures, against calling the upstream directly:
+Three processes: a fast stub upstream (``gateway_load.run_upstream``: built-in-shaped or
+vLLM-shaped chunks), the gateway (uvicorn, one worker, uvloop + httptools, **pinned to one
+core**) and this process as the load generator (pinned to the other cores with the upstream).
+Every number is the median of ``--rounds`` rounds (default 3) in the same processes. Measures,
+against calling the upstream directly:
 
 * added latency at concurrency 1, non-streaming (p50, p99);
-* requests/s at concurrency 32, via the gateway and direct;
-* added time to first token (first SSE chunk) for streams, concurrency 1;
-* 256 concurrent streams, each with paced events, all complete without error;
+* requests/s and gateway CPU per request at concurrency 32, with a key without limits and
+  with a key that has requests- and tokens-per-minute limits (never reached);
+* added time to first token (first SSE event) at c=1, built-in-shaped and vLLM-shaped streams;
+* a soak of 64 concurrent vLLM-shaped streams (paced events) for ``--soak-seconds``: streams
+  that stalled (a gap > 200 ms between two events; the upstream paces them 20 ms apart);
+* 256 concurrent streams all complete;
 * optionally the same c=1 latency against the built-in engine with a tiny model.
 
-Writes ``bench/reports/gateway.json`` and prints a table. Request counts are bounded.
+``--src DIR`` runs another checkout's ``src`` as the gateway (for before/after comparisons).
+Writes ``bench/reports/gateway.json`` (or ``--out``) and prints a table.
 """
 
 from __future__ import annotations
@@ -28,24 +32,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway_load import (
+    KEY,
+    LIMITED_KEY,
+    Target,
+    run_upstream,
+    sequential,
+    summary,
+    throughput,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
-KEY = "sk-bench"
-COMPLETION = {
-    "id": "chatcmpl-bench",
-    "object": "chat.completion",
-    "created": 1723733419,
-    "model": "upstream",
-    "system_fingerprint": "fp_upstream",
-    "choices": [
-        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}
-    ],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-}
+STALL = 0.2  # seconds without an event, while the upstream sends one every 20 ms
 
 
 def free_port() -> int:
@@ -54,48 +57,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# ---------------------------------------------------------------- upstream process
+def pin(cpus: set[int]) -> None:
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
 
 
-def run_upstream(port: int) -> None:
-    from aiohttp import web
-
-    whole = json.dumps(COMPLETION).encode()
-
-    def event(i: int, last: bool) -> bytes:
-        chunk = dict(COMPLETION, object="chat.completion.chunk")
-        chunk["choices"] = [{"index": 0, "delta": {"content": f"t{i}"}}]
-        if last:
-            chunk["usage"] = COMPLETION["usage"]
-        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        if not body.get("stream"):
-            return web.Response(body=whole, content_type="application/json")
-        events, pace = int(body.get("events", 4)), float(body.get("pace", 0))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for i in range(events):
-            if i and pace:
-                await asyncio.sleep(pace)
-            await response.write(event(i, i == events - 1))
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
-
-# ---------------------------------------------------------------- gateway process
-
-
-def run_gateway(port: int, upstream: str, engine: str | None = None) -> None:
+def run_gateway(port: int, upstream: str, engine: str | None, cpu: int) -> None:
+    pin({cpu})
     import uvicorn
 
+    from turnout.gateway import keys as gateway_keys
     from turnout.gateway.app import create_gateway_app
-    from turnout.gateway.keys import StaticInferenceKeys, hash_key
     from turnout.gateway.routing import Router
     from turnout.routing.table import EndpointRoute, ReplicaRoute, RoutingTable
 
@@ -109,202 +81,34 @@ def run_gateway(port: int, upstream: str, engine: str | None = None) -> None:
         routes["tiny"] = EndpointRoute(
             "tiny", "org", "dep-e", 1, "fp_0123456789", (ReplicaRoute("e", engine),)
         )
+    table: dict[str, Any] = {gateway_keys.hash_key(KEY): "org"}
+    entry = getattr(gateway_keys, "KeyEntry", None)  # absent before per-key limits
+    if entry is not None:
+        limited = entry("org", "key-limited", rpm=10**9, tpm=10**12)
+        table[gateway_keys.hash_key(LIMITED_KEY)] = limited
     app = create_gateway_app(
-        Router(RoutingTable(routes, 1)), StaticInferenceKeys({hash_key(KEY): "org"})
+        Router(RoutingTable(routes, 1)), gateway_keys.StaticInferenceKeys(table)
     )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, ws="none")
 
 
-# ---------------------------------------------------------------- load generator
+# ---------------------------------------------------------------- measurements
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def wait_ready(url: str) -> None:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-        for _ in range(600):
-            try:
-                async with session.get(url) as response:
-                    await response.read()
-                    return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
-class Conn(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection of the load generator.
-
-    Requests are pre-built bytes and responses are parsed by httptools: a load generator
-    built on a full HTTP client (aiohttp) spent more CPU per request than the gateway, on the
-    same two cores, and so measured itself.
-    """
-
-    def __init__(self) -> None:
-        import httptools
-
-        self.parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.done: asyncio.Future[int] | None = None
-        self.first = 0.0  # perf_counter() of the first body bytes holding an SSE event
-        self.keep_alive = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a TCP transport
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def on_body(self, body: bytes) -> None:
-        if not self.first and b"data:" in body:
-            self.first = time.perf_counter()
-
-    def on_message_complete(self) -> None:
-        # Only meaningful here: httptools resets it once the message is over.
-        self.keep_alive = self.parser.should_keep_alive()
-        if self.done is not None and not self.done.done():
-            self.done.set_result(self.parser.get_status_code())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(ConnectionError(f"connection lost: {exc!r}"))
-
-    async def send(self, request: bytes) -> int:
-        assert self.transport is not None
-        self.done = asyncio.get_running_loop().create_future()
-        self.first = 0.0
-        self.transport.write(request)
-        return await self.done
-
-
-class Target:
-    """One server under test: pre-built requests and a pool of idle connections."""
-
-    def __init__(self, base: str, path: str = "/v1/chat/completions") -> None:
-        host, port = base.removeprefix("http://").split(":")
-        self.host, self.port, self.path = host, int(port), path
-        self.idle: list[Conn] = []
-        self.errors = 0
-
-    def request(self, body: bytes) -> bytes:
-        head = (
-            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        return head.encode() + body
-
-    async def _conn(self) -> Conn:
-        while self.idle:
-            conn = self.idle.pop()
-            if conn.transport is not None:
-                return conn
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(Conn, self.host, self.port)
-        return conn
-
-    async def call(self, request: bytes) -> float:
-        """Seconds to the whole response."""
-        started = time.perf_counter()
-        conn = await self._conn()
-        try:
-            status = await conn.send(request)
-        except ConnectionError:
-            self.errors += 1
-            return time.perf_counter() - started
-        elapsed = time.perf_counter() - started
-        if status != 200:
-            self.errors += 1
-        self._put(conn)
-        return elapsed
-
-    async def ttft(self, request: bytes) -> float:
-        """Seconds to the first SSE event."""
-        started = time.perf_counter()
-        conn = await self._conn()
-        try:
-            status = await conn.send(request)
-        except ConnectionError:
-            self.errors += 1
-            return 0.0
-        if status != 200 or not conn.first:
-            self.errors += 1
-        self._put(conn)
-        return conn.first - started
-
-    def _put(self, conn: Conn) -> None:
-        if conn.transport is None:
-            return
-        if conn.keep_alive:
-            self.idle.append(conn)
-        else:
-            conn.transport.close()
-
-    def close(self) -> None:
-        for conn in self.idle:
-            if conn.transport is not None:
-                conn.transport.close()
-        self.idle.clear()
-
-
-async def sequential(fn: Callable[[], Awaitable[float]], count: int) -> list[float]:
-    for _ in range(max(50, count // 10)):  # warm-up: pooled connections, caches
-        await fn()
-    return [await fn() for _ in range(count)]
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process (0 when unknown)."""
-    if pid is None:
-        return 0.0
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
-async def throughput(
-    fn: Callable[[], Awaitable[float]], total: int, concurrency: int, pid: int | None = None
-) -> tuple[float, float]:
-    """Requests/s, and CPU microseconds per request of process ``pid``.
-
-    The CPU cost is what tells versions of the gateway apart on a shared machine: req/s
-    moves with whatever else runs on the cores, CPU time per request much less.
-    """
-    remaining = total
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await fn()
-
-    remaining = total // 5
-    await asyncio.gather(*(worker() for _ in range(concurrency)))  # warm-up: connections
-    remaining = total
-    cpu = cpu_seconds(pid)
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return total / elapsed, (cpu_seconds(pid) - cpu) / total * 1e6
+def chat(**fields: Any) -> bytes:
+    return json.dumps({"model": "bench", "messages": [], **fields}).encode()
 
 
 async def measure(
-    direct_url: str, gateway_url: str, n: int, engine: str | None, pids: tuple[int, int]
+    direct_url: str, gateway_url: str, n: int, pids: tuple[int, int], soak_seconds: float
 ) -> dict[str, Any]:
     body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    stream = json.dumps({"model": "bench", "messages": [], "stream": True}).encode()
     out: dict[str, Any] = {}
     direct, gateway = Target(direct_url), Target(gateway_url)
     d_req, g_req = direct.request(body), gateway.request(body)
     # Interleave direct and gateway blocks so drift affects both alike.
-    lat_d, lat_g = [], []
+    lat_d: list[float] = []
+    lat_g: list[float] = []
     for _ in range(2):
         lat_d += await sequential(lambda: direct.call(d_req), n // 2)
         lat_g += await sequential(lambda: gateway.call(g_req), n // 2)
@@ -314,17 +118,69 @@ async def measure(
     out["c32_rps_direct"], out["c32_upstream_cpu_us_per_request"] = rps, cpu
     rps, cpu = await throughput(lambda: gateway.call(g_req), n * 5, 32, gw_pid)
     out["c32_rps_gateway"], out["c32_gateway_cpu_us_per_request"] = rps, cpu
-    d_req, g_req = direct.request(stream), gateway.request(stream)
-    ttft_d = await sequential(lambda: direct.ttft(d_req), n // 2)
-    ttft_g = await sequential(lambda: gateway.ttft(g_req), n // 2)
-    out["ttft"] = summary(ttft_d, ttft_g)
+    limited = gateway.request(body, LIMITED_KEY)
+    before = gateway.errors
+    rps, cpu = await throughput(lambda: gateway.call(limited), n * 5, 32, gw_pid)
+    if gateway.errors == before:  # an old gateway refuses the unknown key: no limits there
+        out["c32_rps_gateway_limits"], out["c32_gateway_cpu_us_per_request_limits"] = rps, cpu
+    else:
+        gateway.errors = before
+    for shape in ("builtin", "vllm"):
+        out["ttft" if shape == "builtin" else "ttft_vllm"] = await ttft(direct, gateway, shape, n)
+    out["soak_64_vllm"] = await soak(gateway, 64, soak_seconds)
     out["streams_256"] = await many_streams(gateway)
-    if engine is not None:
-        out.update(await measure_engine(engine, gateway_url))
     out["errors"] = direct.errors + gateway.errors
     direct.close()
     gateway.close()
     return out
+
+
+async def ttft(direct: Target, gateway: Target, shape: str, n: int) -> dict[str, float]:
+    """Added time to the first event at c=1, direct and gateway blocks interleaved."""
+    stream = chat(stream=True, shape=shape)
+    d_req, g_req = direct.request(stream), gateway.request(stream)
+    ttft_d: list[float] = []
+    ttft_g: list[float] = []
+    for _ in range(2):
+        ttft_d += await sequential(lambda: direct.ttft(d_req), n // 4)
+        ttft_g += await sequential(lambda: gateway.ttft(g_req), n // 4)
+    return summary(ttft_d, ttft_g)
+
+
+async def soak(gateway: Target, concurrency: int, seconds: float) -> dict[str, Any]:
+    """``concurrency`` vLLM-shaped streams at all times; each has 50 events 20 ms apart."""
+    request = gateway.request(chat(stream=True, shape="vllm", events=50, pace=0.02))
+    gaps: list[float] = []
+    before = gateway.errors
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            gaps.append((await gateway.stream(request))[1])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    ordered = sorted(gaps)
+    return {
+        "concurrency": concurrency,
+        "streams": len(gaps),
+        "failed": gateway.errors - before,
+        "stalled": sum(1 for g in gaps if g > STALL),
+        "max_gap_ms": ordered[-1] * 1e3,
+        "p99_max_gap_ms": ordered[int(0.99 * (len(ordered) - 1))] * 1e3,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+async def many_streams(gateway: Target) -> dict[str, Any]:
+    request = gateway.request(chat(stream=True, events=20, pace=0.01))
+    before = gateway.errors
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(gateway.ttft(request) for _ in range(256)), return_exceptions=True
+    )
+    failed = sum(1 for r in results if isinstance(r, BaseException)) + gateway.errors - before
+    return {"streams": 256, "failed": failed, "seconds": time.perf_counter() - started}
 
 
 async def measure_engine(engine_url: str, gateway_url: str) -> dict[str, Any]:
@@ -351,37 +207,11 @@ async def measure_engine(engine_url: str, gateway_url: str) -> dict[str, Any]:
     return out
 
 
-async def many_streams(gateway: Target) -> dict[str, Any]:
-    body = json.dumps(
-        {"model": "bench", "messages": [], "stream": True, "events": 20, "pace": 0.01}
-    ).encode()
-    request = gateway.request(body)
-    before = gateway.errors
-    started = time.perf_counter()
-    results = await asyncio.gather(
-        *(gateway.ttft(request) for _ in range(256)), return_exceptions=True
-    )
-    failed = sum(1 for r in results if isinstance(r, BaseException)) + gateway.errors - before
-    return {"streams": 256, "failed": failed, "seconds": time.perf_counter() - started}
-
-
-def summary(direct: list[float], gateway: list[float]) -> dict[str, float]:
-    ms = 1e3
-    d50, d99 = pct(direct, 0.5) * ms, pct(direct, 0.99) * ms
-    g50, g99 = pct(gateway, 0.5) * ms, pct(gateway, 0.99) * ms
-    return {
-        "direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": g50, "gateway_p99_ms": g99,
-        "added_p50_ms": g50 - d50, "added_p99_ms": g99 - d99,
-        "direct_mean_ms": statistics.fmean(direct) * ms,
-        "gateway_mean_ms": statistics.fmean(gateway) * ms,
-    }  # fmt: skip
-
-
 # ---------------------------------------------------------------- orchestration
 
 
-def spawn(*args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+def spawn(src: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
     return subprocess.Popen([sys.executable, __file__, *args], env=env)
 
 
@@ -401,6 +231,20 @@ def start_engine(procs: list[subprocess.Popen[bytes]], port: int) -> str | None:
     return f"http://127.0.0.1:{port}"
 
 
+async def wait_ready(url: str) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        for _ in range(600):
+            try:
+                async with session.get(url) as response:
+                    await response.read()
+                    return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
 def run_loop(coro: Coroutine[Any, Any, T]) -> T:
     """Run the load generator on uvloop when installed: it must cost less than what it loads."""
     try:
@@ -411,20 +255,22 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-key medians of the rounds; error counts are summed instead."""
+    """Per-key medians of the rounds; error and stall counts are summed instead."""
     out: dict[str, Any] = {}
     for key, first in rounds[0].items():
         values = [r[key] for r in rounds if key in r]
         if isinstance(first, dict):
             out[key] = median_of(values)
-        elif key in ("errors", "failed"):
+        elif key in ("errors", "failed", "stalled", "streams"):
             out[key] = sum(values)
+        elif key == "max_gap_ms":
+            out[key] = max(values)
         else:
             out[key] = statistics.median(values)
     return out
 
 
-def machine() -> dict[str, Any]:
+def machine(gateway_cpu: int) -> dict[str, Any]:
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -434,13 +280,19 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     mods = {}
-    for mod in ("uvloop", "httptools"):
+    for mod in ("uvloop", "httptools", "orjson"):
         try:
             __import__(mod)
             mods[mod] = True
         except ImportError:
             mods[mod] = False
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), **mods}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "gateway_pinned_to_cpu": gateway_cpu,
+        **mods,
+    }
 
 
 def main() -> None:
@@ -452,81 +304,99 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="c=1 requests per side")
     parser.add_argument("--no-engine", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="results are medians of rounds")
+    parser.add_argument("--soak-seconds", type=float, default=20.0)
+    parser.add_argument("--src", type=Path, default=ROOT / "src", help="the gateway's code")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "reports" / "gateway.json")
     opts = parser.parse_args()
+    gateway_cpu = (os.cpu_count() or 1) - 1
+    others = set(range(os.cpu_count() or 1)) - {gateway_cpu}
     if opts.role == "upstream":
+        pin(others)
         return run_upstream(int(opts.args[0]))
     if opts.role == "gateway":
-        return run_gateway(int(opts.args[0]), opts.args[1], (opts.args[2:] or [""])[0] or None)
+        port, upstream, engine = int(opts.args[0]), opts.args[1], opts.args[2] or None
+        return run_gateway(port, upstream, engine, gateway_cpu)
+    pin(others)
     up_port, gw_port, engine_port = free_port(), free_port(), free_port()
     direct, gateway = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
     engine_url = "" if opts.no_engine else f"http://127.0.0.1:{engine_port}"
-    procs = [spawn("upstream", str(up_port)), spawn("gateway", str(gw_port), direct, engine_url)]
+    src = opts.src.resolve()
+    procs = [
+        spawn(src, "upstream", str(up_port)),
+        spawn(src, "gateway", str(gw_port), direct, engine_url),
+    ]
     try:
         engine = None if opts.no_engine else start_engine(procs, engine_port)
         asyncio.run(wait_ready(gateway + "/metrics"))
-        if engine is not None:
-            asyncio.run(wait_ready(engine + "/ready"))
         pids = (procs[0].pid, procs[1].pid)
-        rounds = []
-        for i in range(opts.rounds):
+        rounds = [
+            run_loop(measure(direct, gateway, opts.requests, pids, opts.soak_seconds))
+            for _ in range(opts.rounds)
+        ]
+        if engine is not None:
             # The engine part is slow and not the gateway's: once is enough.
-            rounds.append(
-                run_loop(measure(direct, gateway, opts.requests, engine if i == 0 else None, pids))
-            )
+            asyncio.run(wait_ready(engine + "/ready"))
+            rounds[0].update(run_loop(measure_engine(engine, gateway)))
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(30)
     report = {
-        "machine": machine(),
+        "machine": machine(gateway_cpu),
+        "gateway_src": str(src),
         "load_generator": "raw HTTP/1.1 keep-alive connections (httptools), one per concurrent "
-        "request, on uvloop; shares the cores with the upstream and the gateway",
+        "request, on uvloop; shares its cores with the upstream, the gateway has one core",
         "results": median_of(rounds),
         "rounds": rounds,
     }
-    out = ROOT / "bench" / "reports" / "gateway.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
+
+
+def ms_pair(d: dict[str, float], a: str, b: str, digits: int = 3) -> str:
+    return f"{d[a]:.{digits}f} / {d[b]:.{digits}f} ms"
 
 
 def print_table(report: dict[str, Any]) -> None:
     r = report["results"]
-    c1, ttft, s = r["c1"], r["ttft"], r["streams_256"]
+    c1, s, soaked = r["c1"], r["streams_256"], r["soak_64_vllm"]
     rows = [
         ("added latency p50 (c=1)", f"{c1['added_p50_ms']:.3f} ms", "<= 0.5 ms"),
         ("added latency p99 (c=1)", f"{c1['added_p99_ms']:.3f} ms", "<= 1.5 ms"),
-        ("direct p50 / p99", f"{c1['direct_p50_ms']:.3f} / {c1['direct_p99_ms']:.3f} ms", ""),
-        ("gateway p50 / p99", f"{c1['gateway_p50_ms']:.3f} / {c1['gateway_p99_ms']:.3f} ms", ""),
+        ("direct p50 / p99", ms_pair(c1, "direct_p50_ms", "direct_p99_ms"), ""),
+        ("gateway p50 / p99", ms_pair(c1, "gateway_p50_ms", "gateway_p99_ms"), ""),
         ("req/s c=32 via gateway", f"{r['c32_rps_gateway']:.0f}", ">= 3000"),
         ("req/s c=32 direct", f"{r['c32_rps_direct']:.0f}", ""),
         ("gateway CPU per request c=32", f"{r['c32_gateway_cpu_us_per_request']:.0f} us", ""),
-        ("upstream CPU per request c=32", f"{r['c32_upstream_cpu_us_per_request']:.0f} us", ""),
-        ("added TTFT p50 (stream)", f"{ttft['added_p50_ms']:.3f} ms", ""),
-        ("added TTFT p99 (stream)", f"{ttft['added_p99_ms']:.3f} ms", "<= 2 ms"),
+    ]
+    if "c32_gateway_cpu_us_per_request_limits" in r:
+        cpu = r["c32_gateway_cpu_us_per_request_limits"]
+        rows.append(("  ... with rpm+tpm limits", f"{cpu:.0f} us", ""))
+    upstream_cpu = r["c32_upstream_cpu_us_per_request"]
+    rows.append(("upstream CPU per request c=32", f"{upstream_cpu:.0f} us", ""))
+    for key, name in (("ttft", "built-in chunks"), ("ttft_vllm", "vLLM chunks")):
+        added = ms_pair(r[key], "added_p50_ms", "added_p99_ms")
+        rows.append((f"added TTFT p50/p99 ({name})", added, "p99 <= 2 ms"))
+    streams = f"{soaked['streams']} streams, {soaked['stalled']} stalled, {soaked['failed']} failed"
+    rows += [
+        ("64 vLLM streams soak", streams, "0 stalled"),
+        ("  worst gap / p99 of max gap", ms_pair(soaked, "max_gap_ms", "p99_max_gap_ms", 0), ""),
         ("256 concurrent streams", f"{s['failed']} failed in {s['seconds']:.2f} s", "0 failed"),
         ("errors", str(r["errors"]), "0"),
     ]
     if "engine_c1" in r:
         e, t = r["engine_c1"], r["engine_ttft"]
         rows += [
-            (
-                "engine direct p50/p99",
-                f"{e['direct_p50_ms']:.2f} / {e['direct_p99_ms']:.2f} ms",
-                "",
-            ),
-            ("engine added p50/p99", f"{e['added_p50_ms']:.3f} / {e['added_p99_ms']:.3f} ms", ""),
-            (
-                "engine added TTFT p50/p99",
-                f"{t['added_p50_ms']:.3f} / {t['added_p99_ms']:.3f} ms",
-                "",
-            ),
+            ("engine direct p50/p99", ms_pair(e, "direct_p50_ms", "direct_p99_ms", 2), ""),
+            ("engine added p50/p99", ms_pair(e, "added_p50_ms", "added_p99_ms"), ""),
+            ("engine added TTFT p50/p99", ms_pair(t, "added_p50_ms", "added_p99_ms"), ""),
             ("engine errors", str(r["engine_errors"]), "0"),
         ]
     m = report["machine"]
-    print(f"machine: {m['nproc']} cpus, {m['cpu']}, uvloop={m['uvloop']}")
+    print(f"machine: {m['nproc']} cpus, {m['cpu']}, gateway on cpu {m['gateway_pinned_to_cpu']}")
     for name, value, target in rows:
-        print(f"{name:28} {value:>28}   {target}")
+        print(f"{name:32} {value:>40}   {target}")
 
 
 if __name__ == "__main__":

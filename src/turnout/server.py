@@ -18,7 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from turnout.api.app import create_management_app, healthz
 from turnout.api.deps import Services
@@ -27,10 +29,12 @@ from turnout.api.routes import internal
 from turnout.api.services.admin import AdminService
 from turnout.api.services.endpoints import EndpointsService
 from turnout.api.services.models import ModelsService
+from turnout.api.services.traffic import TrafficService
 from turnout.errors import ConfigError
-from turnout.gateway.app import create_gateway_app
+from turnout.gateway.app import check_metrics_token, create_gateway_app, install_flat_errors
 from turnout.gateway.keys import StaticInferenceKeys
 from turnout.gateway.routing import Router
+from turnout.gateway.traffic import Traffic
 from turnout.loop import run_control_loop
 from turnout.placement.base import Placement
 from turnout.placement.engines import EngineCatalog
@@ -47,6 +51,7 @@ from turnout.routing.feed import InProcessFeed, RoutingFeed, StoreFeed
 from turnout.routing.follower import KeyRefresher, StoreFollower
 from turnout.settings import Settings, check_secrets
 from turnout.store.db import Database
+from turnout.telemetry import ControlPlaneTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +96,15 @@ class Runtime:
     services: Services
     router: Router
     keys: StaticInferenceKeys
+    traffic: Traffic | None = None
     sync: SyncWorker | None = None
     placement: Placement | None = None
     rollout: RolloutController | None = None
     follower: StoreFollower | None = None
     key_refresher: KeyRefresher | None = None
+    #: The control plane's series (roles all, api, worker), on their /metrics.
+    telemetry: ControlPlaneTelemetry | None = None
+    telemetry_registry: CollectorRegistry | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -124,6 +133,8 @@ class Runtime:
         if self.key_refresher is not None:
             await self.key_refresher.reconcile()
             self._loop("keys", self.key_refresher.reconcile, self.key_refresher.wakeup, 1.0)
+        if self.telemetry is not None:
+            self._loop("telemetry", self.telemetry.reconcile, self.telemetry.wakeup, 5.0)
 
     async def _start_workers(self) -> None:
         assert self.sync is not None and self.rollout is not None and self.placement is not None
@@ -212,6 +223,8 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
     config = sync_config(settings)
     engines = EngineCatalog.from_file(settings.engine_templates)
     router, keys = Router(), StaticInferenceKeys()
+    # The gateway's per-minute counts; the management API reads them in the same process.
+    traffic = Traffic() if role in (Role.ALL, Role.GATEWAY) else None
     runs_workers = role in (Role.ALL, Role.WORKER)
     sync = SyncWorker(db, config) if runs_workers else None
     placement = rollout = None
@@ -242,7 +255,12 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
         admin_token=settings.admin_token,
         weights=WeightStore(settings.weights_dir.resolve()),
         internal_token=settings.resolved_internal_token(),
+        traffic=TrafficService(db, traffic, router.current),
     )
+    telemetry = registry = None
+    if role is not Role.GATEWAY:
+        telemetry, registry = ControlPlaneTelemetry(db), CollectorRegistry(auto_describe=False)
+        telemetry.register(registry)
     return Runtime(
         settings,
         role,
@@ -250,11 +268,14 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
         services,
         router,
         keys,
+        traffic,
         sync,
         placement,
         rollout,
         follower,
         key_refresher,
+        telemetry=telemetry,
+        telemetry_registry=registry,
     )
 
 
@@ -313,12 +334,18 @@ def create_server_app(settings: Settings, role: Role = Role.ALL) -> FastAPI:
     if role is Role.GATEWAY:
         bare = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
         bare.add_api_route("/healthz", healthz, methods=["GET"])
+        install_flat_errors(bare)  # unknown routes fall through to it
         app = create_gateway_app(
-            runtime.router, runtime.keys, fallback=bare, metrics_token=settings.metrics_token
+            runtime.router,
+            runtime.keys,
+            traffic=runtime.traffic,
+            fallback=bare,
+            metrics_token=settings.metrics_token,
         )
     elif role is Role.WORKER:
         app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
         app.add_api_route("/healthz", healthz, methods=["GET"])
+        _serve_control_plane_metrics(app, runtime, settings.metrics_token)
         # Fleet nodes fetch weights from whichever process has the weight store.
         app.state.services = runtime.services
         install_error_handlers(app)
@@ -327,15 +354,31 @@ def create_server_app(settings: Settings, role: Role = Role.ALL) -> FastAPI:
         management = create_management_app(
             runtime.services, max_body_bytes=settings.max_body_bytes, lifespan=lifespan
         )
+        if role is Role.API:
+            _serve_control_plane_metrics(management, runtime, settings.metrics_token)
         app = (
             management
             if role is Role.API
             else create_gateway_app(
                 runtime.router,
                 runtime.keys,
+                traffic=runtime.traffic,
                 fallback=management,
                 metrics_token=settings.metrics_token,
+                control_plane=runtime.telemetry_registry,
             )
         )
     app.state.runtime = runtime
     return app
+
+
+def _serve_control_plane_metrics(app: FastAPI, runtime: Runtime, token: str) -> None:
+    """``/metrics`` of a process without a gateway: the control plane's series."""
+    registry = runtime.telemetry_registry
+    assert registry is not None
+
+    async def control_plane_metrics(request: Request) -> Response:
+        check_metrics_token(request, token)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route("/metrics", control_plane_metrics, methods=["GET"], include_in_schema=False)

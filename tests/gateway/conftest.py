@@ -148,30 +148,127 @@ class FakeReplica:
         if "force_status" in body:
             error = {"message": "forced", "type": "x", "param": None, "code": "forced"}
             return web.json_response(error, status=body["force_status"])
+        if "vllm_error" in body:  # vLLM's nested shape, also for a stream request
+            return web.json_response(VLLM_400, status=400)
+        if "plain_error" in body:
+            return web.Response(text="Internal Server Error", status=body["plain_error"])
         try:
             if body.get("stream"):
                 return await self._stream(request, body)
             if body.get("hold"):
                 self._hold()
                 await self._gate.wait()
-            return web.json_response(self._payload(request.path, False, self.name, True))
+            if body.get("shape") == "vllm":
+                return web.json_response(vllm_whole(self.name))
+            payload = self._payload(request.path, False, self.name, True)
+            payload["usage"]["completion_tokens"] = body.get("completion_tokens", 3)
+            return web.json_response(payload)
         except (asyncio.CancelledError, ConnectionResetError):
             self.cancelled.set()
             raise
 
+    def _events(self, path: str, body: dict[str, Any]) -> list[bytes]:
+        parts = [self.name, " says", " hi"]
+        if body.get("shape") == "vllm":
+            include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+            return vllm_stream(parts, include_usage)
+        # The built-in engine's shape: usage in one more chunk without choices, when asked.
+        events = []
+        for i, text in enumerate(parts):
+            payload = self._payload(path, True, text, i == len(parts) - 1)
+            usage = payload.pop("usage", None)
+            events.append(f"data: {json.dumps(payload)}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage") is True:
+            usage["completion_tokens"] = body.get("completion_tokens", 3)
+            payload = {**payload, "choices": [], "usage": usage}
+            events.append(f"data: {json.dumps(payload)}\n\n".encode())
+        return events
+
     async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        parts = [self.name, " says", " hi"]
-        for i, text in enumerate(parts):
-            event = json.dumps(self._payload(request.path, True, text, i == len(parts) - 1))
-            await response.write(f"data: {event}\n\n".encode())
+        for i, event in enumerate(self._events(request.path, body)):
+            if i == body.get("die_after"):
+                # The replica's process dies: its connection drops mid-stream.
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            await response.write(event)
             if i == 0 and body.get("hold"):
                 self._hold()
                 await self._gate.wait()
-        await response.write(b"data: [DONE]\n\n")
+        if body.get("vllm_error_mid"):
+            await response.write(VLLM_ERROR_EVENT)
+        if not body.get("no_done"):
+            await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+# vLLM 0.32's wire format, as docs/engines.md records it.
+VLLM_FINGERPRINT = "vllm-0.32.0-83558d41"
+VLLM_400 = {
+    "error": {
+        "message": "max_tokens=5000 cannot be greater than max_model_len=2048. Please request "
+        "fewer output tokens. (parameter=max_tokens, value=5000)",
+        "type": "BadRequestError",
+        "param": "max_tokens",
+        "code": 400,
+    }
+}
+VLLM_ERROR_EVENT = (
+    b'data: {"error": {"message": "EngineCore encountered an issue. See stack trace (above) '
+    b'for the root cause.", "type": "InternalServerError", "param": null, "code": 500}}\n\n'
+)
+
+
+def _compact(payload: object) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def vllm_whole(text: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-8910fde85f12af19",
+        "object": "chat.completion",
+        "created": 1796178712,
+        "model": "facts-endpoint",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "length",
+                "stop_reason": None,
+            }
+        ],
+        "service_tier": None,
+        "system_fingerprint": VLLM_FINGERPRINT,
+        "usage": {"prompt_tokens": 40, "total_tokens": 48, "completion_tokens": 8},
+        "prompt_logprobs": None,
+        "kv_transfer_params": None,
+    }
+
+
+def vllm_stream(parts: list[str], include_usage: bool) -> list[bytes]:
+    """vLLM's chunks: a role chunk, content chunks with no fingerprint, the fingerprint only
+    on the last JSON chunk, a ``"choices": []`` usage chunk when asked for."""
+    head = {"id": "chatcmpl-85", "object": "chat.completion.chunk", "created": 1796178715}
+    head["model"] = "facts-endpoint"
+    role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    out = [b"data: " + _compact({**head, "choices": [role]}) + b"\n\n"]
+    for i, text in enumerate(parts):
+        last = i == len(parts) - 1
+        choice = {"index": 0, "delta": {"content": text}, "logprobs": None}
+        choice["finish_reason"] = "length" if last else None
+        chunk: dict[str, Any] = {**head, "choices": [choice]}
+        if last and not include_usage:
+            chunk["system_fingerprint"] = VLLM_FINGERPRINT
+        out.append(b"data: " + _compact(chunk) + b"\n\n")
+    if include_usage:
+        usage = {"prompt_tokens": 40, "total_tokens": 43, "completion_tokens": 3}
+        final = {**head, "choices": [], "usage": usage, "system_fingerprint": VLLM_FINGERPRINT}
+        out.append(b"data: " + _compact(final) + b"\n\n")
+    return out
 
 
 class GatewayServer:
@@ -203,6 +300,14 @@ class GatewayServer:
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the gateway's event loop (where the proxy's state lives)."""
+
+        async def run() -> T:
+            return fn()
+
+        return self.submit(run()).result(10)
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -255,8 +360,10 @@ def replicas() -> Iterator[Callable[[str], FakeReplica]]:
 def gateway(keys: StaticInferenceKeys) -> Iterator[Callable[..., GatewayServer]]:
     made: list[GatewayServer] = []
 
-    def make(routing: RoutingTable, **options: Any) -> GatewayServer:
-        server = GatewayServer(Router(routing), keys, **options)
+    def make(
+        routing: RoutingTable, table: StaticInferenceKeys | None = None, **options: Any
+    ) -> GatewayServer:
+        server = GatewayServer(Router(routing), table or keys, **options)
         made.append(server)
         return server
 

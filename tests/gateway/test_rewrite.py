@@ -2,66 +2,57 @@ from __future__ import annotations
 
 import json
 
-from turnout.gateway.rewrite import SSERewriter, Usage, rewrite_json
+from turnout.gateway.rewrite import Usage, rewrite_json
+
+VLLM_WHOLE = (
+    b'{"id": "chatcmpl-8910fde85f12af19", "object": "chat.completion", "created": 1796178712,'
+    b' "model": "facts-endpoint", "choices": [{"index": 0, "message": {"role": "assistant",'
+    b' "content": "The railway"}, "finish_reason": "length"}], "service_tier": null,'
+    b' "system_fingerprint": "vllm-0.32.0-83558d41", "usage": {"prompt_tokens": 40,'
+    b' "total_tokens": 48, "completion_tokens": 8}, "metrics": null}'
+)
 
 
-def chunk(**extra: object) -> bytes:
-    payload = {"id": "c", "model": "m", "system_fingerprint": "fp_x", "choices": [], **extra}
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
-
-
-def parse(stream: bytes) -> list[dict[str, object]]:
-    out = []
-    for line in stream.split(b"\n"):
-        if line.startswith(b"data: {"):
-            out.append(json.loads(line[6:]))
-    return out
+def time_info() -> bytes:
+    return b'"time_info":{"queue_time":0.5}'
 
 
 def test_rewrite_json_sets_fields_and_reads_usage() -> None:
     body = json.dumps({"model": "m", "usage": {"prompt_tokens": 2, "completion_tokens": 5}})
-    out, usage = rewrite_json(body.encode(), "ep", "fp_1")
+    out, payload, usage = rewrite_json(body.encode(), "ep", "fp_1")
     assert json.loads(out) == {
         "model": "ep",
         "system_fingerprint": "fp_1",
         "usage": {"prompt_tokens": 2, "completion_tokens": 5},
     }
     assert usage == Usage(2, 5)
-    assert rewrite_json(b"not json", "ep", None) == (b"not json", None)
+    assert payload is not None and payload["model"] == "m"
+    assert rewrite_json(b"not json", "ep", None) == (b"not json", None, None)
 
 
-def test_events_split_across_chunks_are_held_only_to_the_newline() -> None:
-    rw = SSERewriter("ep-1", "fp_new")
-    stream = chunk(n=1) + chunk(n=2, usage={"prompt_tokens": 1, "completion_tokens": 2})
-    stream += b"data: [DONE]\n\n"
-    out = b""
-    for i in range(0, len(stream), 7):
-        out += rw.feed(stream[i : i + 7])
-    out += rw.flush()
-    events = parse(out)
-    assert [e["n"] for e in events] == [1, 2]
-    assert {e["model"] for e in events} == {"ep-1"}
-    assert {e["system_fingerprint"] for e in events} == {"fp_new"}
-    assert out.endswith(b"data: [DONE]\n\n")
-    assert rw.usage == Usage(1, 2)
+def test_vllm_answer_gets_our_fingerprint_and_time_info() -> None:
+    out, _, usage = rewrite_json(VLLM_WHOLE, "ep-1", "fp_0123456789", time_info)
+    body = json.loads(out)
+    assert body["model"] == "ep-1"
+    assert body["system_fingerprint"] == "fp_0123456789"
+    assert body["time_info"] == {"queue_time": 0.5}
+    assert body["choices"][0]["message"]["content"] == "The railway"
+    assert usage == Usage(40, 8)
+    # Untouched bytes stay as the replica wrote them (no re-dump).
+    assert b'"created": 1796178712' in out
 
 
-def test_complete_lines_go_out_with_their_chunk() -> None:
-    rw = SSERewriter("ep-1", None)
-    first = chunk()
-    assert parse(rw.feed(first[:-1]))[0]["model"] == "ep-1"  # held: only the blank line
-    assert rw.feed(b"\n") == b"\n"
+def test_engine_time_info_is_kept() -> None:
+    body = b'{"model":"m","system_fingerprint":"x","time_info":{"queue_time":1}}'
+    out, _, _ = rewrite_json(body, "ep", "fp_1", time_info)
+    assert json.loads(out)["time_info"] == {"queue_time": 1}
 
 
-def test_content_that_looks_like_a_key_is_left_alone() -> None:
-    rw = SSERewriter("ep-1", "fp_new")
-    tricky = 'say "model": "x" and \\"system_fingerprint\\"'
-    (event,) = parse(rw.feed(chunk(choices=[{"delta": {"content": tricky}}])))
-    assert event["choices"] == [{"delta": {"content": tricky}}]
-    assert event["model"] == "ep-1" and event["system_fingerprint"] == "fp_new"
+def test_missing_fingerprint_is_inserted_after_model() -> None:
+    out, _, _ = rewrite_json(b'{"id":"c","model":"m","choices":[]}', "ep", "fp_1")
+    assert out == b'{"id":"c","model":"ep","system_fingerprint":"fp_1","choices":[]}'
 
 
-def test_missing_fields_are_added() -> None:
-    rw = SSERewriter("ep-1", "fp_new")
-    (event,) = parse(rw.feed(b'data: {"id":"c"}\r\n\r\n'))
-    assert event == {"id": "c", "model": "ep-1", "system_fingerprint": "fp_new"}
+def test_deep_nesting_is_not_json_rather_than_a_recursion_error() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert rewrite_json(deep, "ep", None).payload is None

@@ -12,6 +12,7 @@ from turnout.api.services.admin import AdminService
 from turnout.api.services.auth import Principal, authenticate
 from turnout.api.services.endpoints import EndpointsService
 from turnout.api.services.models import ModelsService
+from turnout.api.services.traffic import TrafficService
 from turnout.errors import Unauthenticated
 from turnout.registry.weightstore import WeightStore
 from turnout.store.db import Database
@@ -28,6 +29,8 @@ class Services:
     #: The published weights, served to fleet nodes with ``internal_token``.
     weights: WeightStore
     internal_token: str
+    #: per-version traffic, read from a gateway in this process (role all)
+    traffic: TrafficService
 
 
 def get_services(request: Request) -> Services:

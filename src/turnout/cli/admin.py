@@ -7,7 +7,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from turnout.api.schemas.admin import EndpointCreate
+from turnout.api.schemas.admin import EndpointCreate, KeyLimitUpdate, OrgLimitUpdate
 from turnout.api.services.admin import AdminService
 from turnout.cli.context import DataDir, JsonFlag, dump, emit, load_settings, run_or_exit
 from turnout.placement.engines import EngineCatalog
@@ -51,6 +51,27 @@ def org_create(name: str, data_dir: DataDir = None, as_json: JsonFlag = False) -
     """Create an org; it is granted the built-in architectures."""
     org = _with_admin(data_dir, lambda s: s.create_org(name))
     emit(org, as_json, ["name", "created", "architectures"])
+
+
+@org_app.command("limit")
+def org_limit(
+    org: str,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option(
+            "--max-concurrent",
+            min=0,
+            help="Requests in flight over all the org's endpoints, per gateway (0: no limit).",
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Cap an org's requests in flight; left out: unchanged. Gateways apply it within seconds."""
+    fields = {} if max_concurrent is None else {"max_concurrent": max_concurrent or None}
+    update = OrgLimitUpdate(**fields)
+    out = _with_admin(data_dir, lambda s: s.limit_org(org, update))
+    emit(out, as_json, ["name", "max_concurrent"])
 
 
 @org_app.command("list")
@@ -162,7 +183,34 @@ def key_list(
     as_json: JsonFlag = False,
 ) -> None:
     keys = _with_admin(data_dir, lambda s: s.list_keys(org))
-    emit(keys, as_json, ["id", "org", "kind", "prefix", "created", "revoked"], "keys")
+    emit(keys, as_json, ["id", "org", "kind", "prefix", "created", "revoked", "rpm", "tpm"], "keys")
+
+
+@key_app.command("limit")
+def key_limit(
+    key_id: str,
+    rpm: Annotated[
+        int | None,
+        typer.Option("--rpm", min=0, help="Requests per minute, per gateway (0: no limit)."),
+    ] = None,
+    tpm: Annotated[
+        int | None,
+        typer.Option(
+            "--tpm", min=0, help="Tokens (prompt + completion) per minute, per gateway (0: none)."
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Set an inference key's limits; a limit left out is unchanged. Over it: 429."""
+    fields: dict[str, int | None] = {}
+    if rpm is not None:
+        fields["rpm"] = rpm or None
+    if tpm is not None:
+        fields["tpm"] = tpm or None
+    update = KeyLimitUpdate(**fields)
+    out = _with_admin(data_dir, lambda s: s.limit_key(key_id, update))
+    emit(out, as_json, ["id", "org", "kind", "rpm", "tpm"])
 
 
 @key_app.command("revoke")

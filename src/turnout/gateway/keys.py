@@ -1,4 +1,4 @@
-"""Inference keys: how the gateway maps a Bearer token to an org.
+"""Inference keys: how the gateway maps a Bearer token to an org, and to the operator's limits.
 
 The hash is :func:`turnout.ids.hash_key`, shared with the store; this module pulls in neither
 aiohttp nor the web stack. Tokens are never kept in memory in clear text: the table is
@@ -8,31 +8,64 @@ keyed by the sha256 hex digest the store also persists.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from turnout.ids import hash_key
 
-__all__ = ["InferenceKeys", "StaticInferenceKeys", "hash_key"]
+__all__ = ["InferenceKeys", "KeyEntry", "StaticInferenceKeys", "hash_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """One active inference key as the gateway needs it. ``None``: no limit."""
+
+    org: str
+    key_id: str
+    #: requests per minute for this key
+    rpm: int | None = None
+    #: tokens per minute for this key (prompt + completion, as the replicas' usage counts them)
+    tpm: int | None = None
+    #: the key's org's cap on requests in flight, over all its endpoints (streams included)
+    org_max_concurrent: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.org_max_concurrent is not None
 
 
 class InferenceKeys(Protocol):
-    def org_for_key(self, token: str) -> str | None:
-        """The org an inference key belongs to, or None; an in-memory lookup with no I/O."""
+    def lookup(self, token: str) -> KeyEntry | None:
+        """The key's entry, or None; an in-memory lookup with no I/O."""
         ...
 
 
 class StaticInferenceKeys:
-    """An in-memory key table (``hash_key(token) -> org_name``) that the store layer refills."""
+    """An in-memory key table (``hash_key(token) -> entry``) that the store layer refills.
 
-    __slots__ = ("_orgs",)
+    A plain org name stands for a key without limits (its id: the start of its hash).
+    """
 
-    def __init__(self, mapping: Mapping[str, str] | None = None) -> None:
-        self._orgs: dict[str, str] = dict(mapping or {})
+    __slots__ = ("_entries",)
 
-    def replace(self, mapping: Mapping[str, str]) -> None:
+    def __init__(self, mapping: Mapping[str, str | KeyEntry] | None = None) -> None:
+        self._entries: dict[str, KeyEntry] = _entries(mapping or {})
+
+    def replace(self, mapping: Mapping[str, str | KeyEntry]) -> None:
         # One reference assignment: a request running concurrently sees the old or the new
         # table, never a half-filled one.
-        self._orgs = dict(mapping)
+        self._entries = _entries(mapping)
+
+    def lookup(self, token: str) -> KeyEntry | None:
+        return self._entries.get(hash_key(token))
 
     def org_for_key(self, token: str) -> str | None:
-        return self._orgs.get(hash_key(token))
+        entry = self.lookup(token)
+        return entry.org if entry else None
+
+
+def _entries(mapping: Mapping[str, str | KeyEntry]) -> dict[str, KeyEntry]:
+    return {
+        key_hash: KeyEntry(value, key_hash[:16]) if isinstance(value, str) else value
+        for key_hash, value in mapping.items()
+    }

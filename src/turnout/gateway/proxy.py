@@ -1,13 +1,14 @@
 """The hot path: ``POST /v1/chat/completions`` and ``POST /v1/completions`` as raw ASGI.
 
-Per request: authenticate (in-memory key table) → read the body and parse only ``model`` and
-``stream`` → resolve the endpoint in the current routing table → take the least loaded replica
-→ forward the client's original bytes on the pooled aiohttp session (``upstream``) → stream
-or send back the answer with ``model``/``system_fingerprint`` rewritten. Starlette's request and
-response objects are skipped here on purpose: they cost more than the proxy's own work.
+Per request: authenticate (in-memory key table) → read the body and parse the few fields the
+gateway needs (``inbound``) → resolve the endpoint in the current routing table → count it
+against the key's and org's limits (``limits``; only for keys that have any) → take the least
+loaded replica → forward the body on the pooled aiohttp session (``upstream``) → send back the
+answer in Turnout's shape (``relay``). Starlette's request and response objects are skipped
+here on purpose: they cost more than the proxy's own work.
 
 Errors the gateway raises itself are :mod:`turnout.errors` classes rendered in the flat body;
-a replica's own 4xx/5xx is passed through unchanged.
+a replica's own 4xx/5xx keeps its status and gets the flat body too (``engine_errors``).
 """
 
 from __future__ import annotations
@@ -15,36 +16,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import re
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from aiohttp.hdrs import CONTENT_TYPE
 from starlette.types import Receive, Scope, Send
 
 from turnout.errors import (
-    BadRequest,
     EndpointNotReady,
     NotFound,
-    PayloadTooLarge,
     TurnoutError,
     Unauthenticated,
     UpstreamBadResponse,
     UpstreamTimeout,
 )
-from turnout.gateway.keys import InferenceKeys
+from turnout.gateway.inbound import Inbound, parse, read_body, read_head
+from turnout.gateway.keys import InferenceKeys, KeyEntry
+from turnout.gateway.limits import Admission, Limits, Refused
 from turnout.gateway.metrics import GatewayMetrics
-from turnout.gateway.rewrite import SSERewriter, Usage, loads, rewrite_json
+from turnout.gateway.relay import send_stream, send_whole
 from turnout.gateway.routing import Router
 from turnout.gateway.streaming import DisconnectWatch, Exchange, Served
+from turnout.gateway.traffic import Traffic
 from turnout.gateway.upstream import RELAY_ERRORS, Upstream, UpstreamResponse, UpstreamUnreachable
 from turnout.routing.table import EndpointRoute, ReplicaRoute
 
 logger = logging.getLogger(__name__)
-
-# The client's id goes into the request line block sent upstream: visible ASCII only.
-_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 
 PROXIED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -59,16 +57,33 @@ class ProxyConfig:
     drain_timeout: float = 30.0
 
 
+class NotReady(EndpointNotReady):
+    """A 503 that says when to retry (``Retry-After``; the OpenAI and Cerebras SDKs honour it)."""
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, param="model", code=code)
+        self.retry_after = retry_after
+
+
 class Proxy:
     """Owns the upstream session and serves the two proxied paths of one gateway app."""
 
     def __init__(
-        self, router: Router, keys: InferenceKeys, metrics: GatewayMetrics, config: ProxyConfig
+        self,
+        router: Router,
+        keys: InferenceKeys,
+        metrics: GatewayMetrics,
+        config: ProxyConfig,
+        *,
+        limits: Limits | None = None,
+        traffic: Traffic | None = None,
     ) -> None:
         self.router = router
         self.keys = keys
         self.metrics = metrics
         self.config = config
+        self.limits = limits or Limits()
+        self.traffic = traffic or Traffic()
         self._upstream: Upstream | None = None
         self._active = 0
         self._idle = asyncio.Event()
@@ -97,42 +112,45 @@ class Proxy:
         logger.info("gateway shutdown: %d finished, %d cut", waiting - left, left)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        request_id, token = _read_headers(scope)
-        endpoint_label = ""
+        started, received = time.perf_counter(), time.time()
+        head = read_head(scope)
+        route: EndpointRoute | None = None
         try:
-            org = self._authenticate(token)
-            body = await _read_body(receive, self.config.max_body_bytes)
+            entry = self._authenticate(head.token)
+            body = await read_body(head, receive, self.config.max_body_bytes)
             if body is None:
                 return  # the client left before sending its body
-            model, stream = _parse_request(body)
-            route = self._resolve(org, model)
-            endpoint_label = route.endpoint_id
+            inbound = parse(body)
+            route = self._resolve(entry.org, inbound.model)
             replicas = self._replicas_of(route)
+            admission = self._admit(entry, inbound)
         except TurnoutError as exc:
-            self.metrics.error(endpoint_label, exc.code)
-            await send_error(send, exc, request_id)
+            self._refused(route, exc, started)
+            await send_error(send, exc, head.request_id)
             return
         exchange = Exchange(
             route=route,
             path=scope["path"],
-            body=body,
-            stream=stream,
-            request_id=request_id,
+            body=inbound.body,
+            stream=inbound.stream,
+            request_id=head.request_id,
             started=started,
+            received=received,
+            wants_usage=inbound.wants_usage,
+            admission=admission,
         )
         await self._forward(exchange, replicas, receive, send)
 
-    def _authenticate(self, token: str | None) -> str:
+    def _authenticate(self, token: str | None) -> KeyEntry:
         if not token:
             raise Unauthenticated(
                 "No inference key: send it as `Authorization: Bearer <key>`.",
                 code="missing_api_key",
             )
-        org = self.keys.org_for_key(token)
-        if org is None:
+        entry = self.keys.lookup(token)
+        if entry is None:
             raise Unauthenticated("The inference key is not valid; check the key you sent.")
-        return org
+        return entry
 
     def _resolve(self, org: str, model: str) -> EndpointRoute:
         route = self.router.current().endpoints.get(model)
@@ -149,16 +167,31 @@ class Proxy:
     def _replicas_of(route: EndpointRoute) -> tuple[ReplicaRoute, ...]:
         if route.replicas:
             return route.replicas
-        why = (
-            "has no serving deployment yet"
-            if route.deployment_id is None
-            else "has no ready replica (its replicas are starting)"
-        )
-        raise EndpointNotReady(
+        if route.deployment_id is None:
+            why, retry_after = "has no serving deployment yet", 10
+        else:
+            why, retry_after = "has no ready replica (its replicas are starting)", 2
+        raise NotReady(
             f"Endpoint {route.endpoint_id} {why}. Retry shortly, or check "
             f"GET /management/v1/endpoints/{route.endpoint_id}.",
-            param="model",
+            retry_after=retry_after,
         )
+
+    def _admit(self, entry: KeyEntry, inbound: Inbound) -> Admission | None:
+        return self.limits.admit(entry, inbound.payload) if entry.limited else None
+
+    def _refused(self, route: EndpointRoute | None, exc: TurnoutError, started: float) -> None:
+        """Count a request answered before any replica was asked."""
+        if route is None:
+            # Unknown or unauthorised model names go under endpoint="", so a client cannot grow
+            # the label set without bound.
+            self.metrics.error("", exc.code)
+            return
+        self.metrics.error(route.endpoint_id, exc.code)
+        self.metrics.series(route.endpoint_id, route.version_id).finished(exc.status)
+        tally = self.traffic.tally(route.endpoint_id, route.version_id)
+        tally.by_status[exc.status] = tally.by_status.get(exc.status, 0) + 1
+        tally.latency.add(time.perf_counter() - started)
 
     async def _forward(
         self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...], receive: Receive, send: Send
@@ -178,17 +211,40 @@ class Proxy:
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
-            route = exchange.route
-            series = exchange.series or self.metrics.series(route.endpoint_id, route.version_id)
-            series.finished(status)
-            series.latency.observe(time.perf_counter() - exchange.started)
-            if status >= 400:
-                self.metrics.error(route.endpoint_id, _error_code(status))
+            self._count(exchange, status)
+
+    def _count(self, exchange: Exchange, status: int) -> None:
+        route = exchange.route
+        ended = time.perf_counter()
+        series = exchange.series or self.metrics.series(route.endpoint_id, route.version_id)
+        series.finished(status)
+        series.latency.observe(ended - exchange.started)
+        if status >= 400:
+            self.metrics.error(route.endpoint_id, _error_code(status))
+        usage = exchange.usage if status == 200 else None
+        served = exchange.served
+        tally = self.traffic.tally(
+            route.endpoint_id, served.version_id if served else route.version_id
+        )
+        tally.by_status[status] = tally.by_status.get(status, 0) + 1
+        tally.latency.add(ended - exchange.started)
+        if exchange.first_out:
+            tally.ttft.add(exchange.first_out - exchange.started)
+        queue = exchange.queue_time()
+        if queue is not None:
+            tally.queue.add(queue)
+        if usage is not None:
+            series.prompt_tokens.inc(usage.prompt_tokens)
+            series.completion_tokens.inc(usage.completion_tokens)
+            tally.input_tokens += usage.prompt_tokens
+            tally.output_tokens += usage.completion_tokens
+        if exchange.admission is not None:
+            self.limits.finish(exchange.admission, _used_tokens(exchange, status))
 
     async def _exchange(
         self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...], send: Send
     ) -> int:
-        """Talk to one replica (two on a connect failure); return the status sent."""
+        """Talk to one replica (two on a connect failure); return the status for the metrics."""
         try:
             replica, response = await self._open(exchange, replicas)
         except TurnoutError as exc:
@@ -197,20 +253,29 @@ class Proxy:
         done = False
         try:
             ctype = response.headers.get(CONTENT_TYPE) or "application/json"
+            # The replica is free once its answer is read, before the client has it all.
+            upstream_done = partial(self._give_back, exchange)
             if response.status == 200 and ctype.startswith("text/event-stream"):
-                await self._send_stream(exchange, response, ctype, send)
+                status = await send_stream(
+                    exchange, response, ctype, send, self.config.request_timeout, upstream_done
+                )
             else:
-                await self._send_whole(exchange, response, ctype, send)
-            done = True
-            return response.status
+                status = await send_whole(exchange, response, ctype, send, upstream_done)
+            done = status < 500
+            return status
         except RELAY_ERRORS as exc:
-            # The answer started but broke off: nothing sane can be sent any more.
+            # A whole answer broke off while it was read: nothing was sent yet.
             logger.warning(
                 "request %s: replica %s failed mid-response: %r", exchange.request_id, replica, exc
             )
-            return 502
+            error = UpstreamBadResponse(
+                f"Endpoint {exchange.route.endpoint_id}'s replica broke off its answer; "
+                "retry the request."
+            )
+            await send_error(send, error, exchange.request_id)
+            return error.status
         finally:
-            self._give_back(replica, exchange)
+            self._give_back(exchange)
             if done:
                 response.release()
             else:
@@ -222,6 +287,7 @@ class Proxy:
     ) -> ReplicaRoute:
         """Acquire a replica; label the exchange with the version that replica runs."""
         replica = self.router.acquire(replicas, exclude=exclude)
+        exchange.replica = replica
         route = exchange.route
         served = Served.by(route, replica)
         exchange.served = served
@@ -229,7 +295,11 @@ class Proxy:
         exchange.series.in_flight.inc()
         return replica
 
-    def _give_back(self, replica: ReplicaRoute, exchange: Exchange) -> None:
+    def _give_back(self, exchange: Exchange) -> None:
+        """Release the exchange's replica, once."""
+        replica, exchange.replica = exchange.replica, None
+        if replica is None:
+            return
         self.router.release(replica)
         if exchange.series is not None:
             exchange.series.in_flight.dec()
@@ -242,21 +312,24 @@ class Proxy:
             replica = self._take(exchange, replicas, failed)
             try:
                 if self._upstream is None:
-                    raise EndpointNotReady("The gateway is shutting down; retry another gateway.")
+                    raise NotReady(
+                        "The gateway is shutting down; retry another gateway.", retry_after=1
+                    )
+                exchange.sent = time.perf_counter()
                 post = self._upstream.post(
                     replica.address, exchange.path, exchange.body, exchange.request_id
                 )
                 return replica, await post
             except UpstreamUnreachable as exc:
                 # The replica cannot have produced anything yet: another one may answer.
-                self._give_back(replica, exchange)
+                self._give_back(exchange)
                 logger.warning(
                     "request %s: replica %s unreachable: %r", exchange.request_id, replica, exc
                 )
                 failed = replica
                 error: Exception = exc
             except RELAY_ERRORS as exc:  # a timeout, or an answer that is not HTTP
-                self._give_back(replica, exchange)
+                self._give_back(exchange)
                 if isinstance(exc, TimeoutError):
                     raise UpstreamTimeout(
                         f"Endpoint {exchange.route.endpoint_id}'s replica did not answer within "
@@ -267,120 +340,39 @@ class Proxy:
                     "retry the request.",
                 ) from exc
             except BaseException:
-                self._give_back(replica, exchange)
+                self._give_back(exchange)
                 raise
-        raise EndpointNotReady(
+        raise NotReady(
             f"Endpoint {exchange.route.endpoint_id}'s replicas could not be reached; "
             "retry shortly.",
+            retry_after=1,
             code="replica_unreachable",
         ) from error
 
-    async def _send_whole(
-        self, exchange: Exchange, response: UpstreamResponse, ctype: str, send: Send
-    ) -> None:
-        body = await response.read()
-        served = _served(exchange)
-        if response.status == 200 and ctype.startswith("application/json"):
-            body, usage = rewrite_json(body, exchange.route.endpoint_id, served.fingerprint)
-            _count_tokens(exchange, usage)
-        headers = served.headers(ctype, exchange.request_id)
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
-    async def _send_stream(
-        self, exchange: Exchange, response: UpstreamResponse, ctype: str, send: Send
-    ) -> None:
-        served = _served(exchange)
-        headers = served.headers(ctype, exchange.request_id)
-        headers.append((b"cache-control", b"no-cache"))
-        headers.append((b"x-accel-buffering", b"no"))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        rewriter = SSERewriter(exchange.route.endpoint_id, served.fingerprint)
-        first = True
-        async for chunk in response.content.iter_any():
-            out = rewriter.feed(chunk)
-            if not out:
-                continue
-            await send({"type": "http.response.body", "body": out, "more_body": True})
-            if first and exchange.series is not None:
-                exchange.series.ttft.observe(time.perf_counter() - exchange.started)
-                first = False
-        await send({"type": "http.response.body", "body": rewriter.flush()})
-        _count_tokens(exchange, rewriter.usage)
-
-
-def _served(exchange: Exchange) -> Served:
-    assert exchange.served is not None  # set by Proxy._take before any answer exists
-    return exchange.served
-
-
-def _count_tokens(exchange: Exchange, usage: Usage | None) -> None:
-    series = exchange.series
-    if usage is not None and series is not None:
-        series.prompt_tokens.inc(usage.prompt_tokens)
-        series.completion_tokens.inc(usage.completion_tokens)
+def _used_tokens(exchange: Exchange, status: int) -> int | None:
+    """What a limited key is charged: the answer's usage; nothing when it failed before any
+    answer went out; the estimate when the client left or a stream broke off after it began
+    (else leaving early would dodge the tokens-per-minute limit)."""
+    if status == 200 and exchange.usage is not None:
+        return exchange.usage.total
+    admission = exchange.admission
+    if status == 499 or (exchange.stream and exchange.first_out):
+        return admission.estimate if admission is not None else None
+    return None
 
 
 def _error_code(status: int) -> str:
     return "client_closed" if status == 499 else f"upstream_{status}"
 
 
-def _read_headers(scope: Scope) -> tuple[str, str | None]:
-    request_id: str | None = None
-    token: str | None = None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, credential = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer":
-                token = credential.strip()
-        elif name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-            request_id = value.decode("latin-1")
-    return request_id or _new_request_id(), token
-
-
-def _new_request_id() -> str:
-    """A uuid4 in hex, without the cost of building a ``uuid.UUID``."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return raw.hex()
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    parts = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        part = message.get("body", b"")
-        size += len(part)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is over {limit} bytes; send a shorter one.")
-        parts.append(part)
-    return b"".join(parts)
-
-
-def _parse_request(body: bytes) -> tuple[str, bool]:
-    try:
-        payload = loads(body)
-    except ValueError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}.") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest(
-            "Field `model` is required: set it to the endpoint id.",
-            param="model",
-            code="validation_error",
-        )
-    return model, payload.get("stream") is True
+def error_headers(exc: TurnoutError) -> list[tuple[bytes, bytes]]:
+    """What a refusal tells the client beyond its body: limits, and when to retry."""
+    if isinstance(exc, Refused):
+        return exc.headers
+    if isinstance(exc, NotReady):
+        return [(b"retry-after", str(exc.retry_after).encode())]
+    return []
 
 
 async def send_error(send: Send, exc: TurnoutError, request_id: str) -> None:
@@ -389,6 +381,7 @@ async def send_error(send: Send, exc: TurnoutError, request_id: str) -> None:
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", request_id.encode()),
+        *error_headers(exc),
     ]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

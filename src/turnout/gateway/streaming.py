@@ -10,11 +10,15 @@ upstream connection and releases the replica exactly once.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from dataclasses import dataclass
 
 from starlette.types import Receive
 
+from turnout.gateway.limits import Admission
 from turnout.gateway.metrics import EndpointSeries
+from turnout.gateway.rewrite import Usage
 from turnout.routing.table import EndpointRoute, ReplicaRoute
 
 #: The watcher task starts only once a request has run this long. Most answers of a fast
@@ -31,9 +35,47 @@ class Exchange:
     stream: bool
     request_id: str
     started: float  #: time.perf_counter() when the request arrived
+    received: float  #: time.time() when the request arrived
+    #: the client asked for a stream's usage event (``stream_options.include_usage``)
+    wants_usage: bool = False
+    admission: Admission | None = None
+    #: the replica taken, until it is given back
+    replica: ReplicaRoute | None = None
     #: set when a replica is taken: with a rolling rollout, the replica decides the version
     served: Served | None = None
     series: EndpointSeries | None = None
+    #: perf_counter() marks: request handed to the replica, its first byte, our first byte out
+    sent: float = 0.0
+    first_byte: float = 0.0
+    first_out: float = 0.0
+    usage: Usage | None = None
+    #: the engine's own ``time_info.queue_time`` (whole answers), when it reports one
+    engine_queue: float | None = None
+
+    def time_info(self) -> bytes:
+        """The ``"time_info":{...}`` member, from the gateway's clock (engines like vLLM send
+        none): queue = here until sent to the replica; prompt = until its first byte (streams
+        only: a whole answer's first byte comes with its last); completion = the rest."""
+        now = time.perf_counter()
+        sent = self.sent or now
+        info: dict[str, float] = {"queue_time": sent - self.started}
+        if self.stream and self.first_byte:
+            info["prompt_time"] = self.first_byte - sent
+            info["completion_time"] = now - self.first_byte
+        else:
+            info["completion_time"] = now - sent
+        info["total_time"] = now - self.started
+        info["created"] = self.received
+        return b'"time_info":' + json.dumps(info).encode()
+
+    def queue_time(self) -> float | None:
+        """For the Metrics API: receipt to the replica's first byte (streams), or to the
+        request sent plus the engine's own queue time (whole answers)."""
+        if self.stream:
+            return self.first_byte - self.started if self.first_byte else None
+        if not self.sent:
+            return None
+        return self.sent - self.started + (self.engine_queue or 0.0)
 
 
 @dataclass(frozen=True, slots=True)

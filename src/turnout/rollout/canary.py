@@ -25,8 +25,9 @@ from turnout.policy import OnGateFailure, RolloutPolicy, Verdict
 from turnout.rollout.gates import failing, judge
 from turnout.rollout.runner import Rollout, RolloutAborted
 from turnout.routing.stats import VersionStats
-from turnout.states import DeploymentState, Step
+from turnout.states import DeploymentState, Event, IllegalTransition, Step
 from turnout.store import deployments
+from turnout.store.deployments import LostRace
 from turnout.store.records import Deployment, Endpoint, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class CanaryRollout(Rollout):
         ids = [self.id, serving]
         baseline = await self.ctx.feed.stats(ids)
         started = time.monotonic()
-        await self._step(Step.JUDGING, f"judging for {hold_seconds:g} s")
+        await self._steered_step(Step.JUDGING, f"judging for {hold_seconds:g} s")
         waiting_said = False
         while True:
             deployment = await self._current()
@@ -109,7 +110,8 @@ class CanaryRollout(Rollout):
             if deployment.step is Step.CANARY:  # resumed after a pause: a fresh window
                 baseline = await self.ctx.feed.stats(ids)
                 started = time.monotonic()
-                await self._step(Step.JUDGING, f"resumed; judging for {hold_seconds:g} s")
+                await self._steered_step(Step.JUDGING, f"resumed; judging for {hold_seconds:g} s")
+                continue
             window = _window(await self.ctx.feed.stats(ids), baseline)
             readings = judge(policy.gates, window[self.id], window[serving])
             async with self.db.session() as s:
@@ -125,16 +127,26 @@ class CanaryRollout(Rollout):
                     return False
                 if not waiting_said:
                     waiting_said = True
-                    await self._step(
+                    await self._steered_step(
                         Step.JUDGING,
                         f"hold over; waiting to judge: {'; '.join(r.detail for r in pending)}",
                     )
             await asyncio.sleep(JUDGE_INTERVAL)
 
+    async def _steered_step(self, step: Step, message: str) -> None:
+        """Move to ``step`` unless a caller steered the canary meanwhile (paused or promoted
+        it): then the loop reads and follows that instead. A cancel still ends the rollout."""
+        try:
+            async with self.db.session() as s:
+                await deployments.apply(s, self.id, Event.PROGRESS, step=step, message=message)
+        except (IllegalTransition, LostRace) as refused:
+            await self._check_not_cancelled()
+            log.info("deployment %s: %s (steered meanwhile)", self.id, refused)
+
     async def _gate_failed(self, policy: RolloutPolicy, message: str, *, pausable: bool) -> bool:
         """Roll back (raises), or pause at this step (True)."""
         if pausable and policy.on_gate_failure is OnGateFailure.PAUSE:
-            await self._step(Step.PAUSED, f"paused: {message}")
+            await self._steered_step(Step.PAUSED, f"paused: {message}")
             return True
         raise RolloutAborted(DeploymentState.FAILED, "gate_failed", message)
 

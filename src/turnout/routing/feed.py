@@ -116,7 +116,9 @@ async def _ready(session: AsyncSession, deployment: Deployment) -> tuple[Replica
 async def _route(session: AsyncSession, endpoint: Endpoint, hold: float) -> EndpointRoute:
     routed, canary_deployment, swapping = await _routed_deployments(session, endpoint)
     if not routed:
-        return EndpointRoute(endpoint.endpoint_id, endpoint.org_name, None, None, None, ())
+        return EndpointRoute(
+            endpoint.endpoint_id, endpoint.org_name, None, None, None, (), endpoint.created
+        )
     found: list[ReplicaRoute] = []
     for deployment in routed:
         found.extend(await _ready(session, deployment))
@@ -143,6 +145,7 @@ async def _route(session: AsyncSession, endpoint: Endpoint, hold: float) -> Endp
         main.version_number,
         fingerprint,
         tuple(found),
+        endpoint.created,
         canary,
         # An in-place swap may empty the table for a moment: requests wait, not a 503.
         hold if swapping else 0.0,

@@ -9,23 +9,24 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
+from turnout.gateway.keys import KeyEntry
 from turnout.routing.feed import TableHolder, build_routes, next_table
 from turnout.store import routing, tenants
 from turnout.store.db import Database
-from turnout.store.records import KeyKind
 
 log = logging.getLogger(__name__)
 
 
 class KeyTable(Protocol):
-    """The gateway's in-memory inference keys (``hash -> org``)."""
+    """The gateway's in-memory inference keys (``hash -> entry``)."""
 
-    def replace(self, mapping: Mapping[str, str]) -> None: ...
+    def replace(self, mapping: Mapping[str, KeyEntry]) -> None: ...
 
 
 class KeyRefresher:
-    """Reload the active inference keys, so a new key works and a revoked one stops working
-    without a restart. One indexed read per pass; the gateway never reads the store itself."""
+    """Reload the active inference keys with their limits, so a new key works, a revoked one
+    stops working and a changed limit applies without a restart. One indexed read per pass;
+    the gateway never reads the store itself."""
 
     def __init__(self, db: Database, keys: KeyTable) -> None:
         self.db = db
@@ -34,7 +35,13 @@ class KeyRefresher:
 
     async def reconcile(self) -> None:
         async with self.db.session() as s:
-            self.keys.replace(await tenants.active_key_hashes(s, KeyKind.INFERENCE))
+            grants = await tenants.active_inference_keys(s)
+        self.keys.replace(
+            {
+                g.key_hash: KeyEntry(g.org_name, g.key_id, g.rpm, g.tpm, g.org_max_concurrent)
+                for g in grants
+            }
+        )
 
 
 class StoreFollower:

@@ -52,6 +52,8 @@ class EndpointRoute:
     #: "fp_" + first 10 hex of the version digest [+ "_" + suffix]; computed by the controller.
     fingerprint: str | None
     replicas: tuple[ReplicaRoute, ...] = ()
+    #: when the endpoint was created (unix seconds; ``/v1/models`` reports it)
+    created: int = 0
     #: A canary in progress, else None.
     canary: CanaryRoute | None = None
     #: While its only replicas swap weights in place, requests wait this long for them

@@ -31,6 +31,8 @@ class Org:
     id: int
     name: str
     created: int
+    #: the operator's cap on the org's requests in flight (per gateway); None: no limit
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,21 @@ class ApiKey:
     prefix: str
     created: int
     revoked: int | None
+    #: inference keys: the operator's requests and tokens per minute (per gateway); None: none
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """An active inference key as a gateway needs it: its org and the operator's limits."""
+
+    key_hash: str
+    key_id: str
+    org_name: str
+    rpm: int | None
+    tpm: int | None
+    org_max_concurrent: int | None
 
 
 @dataclass(frozen=True, slots=True)

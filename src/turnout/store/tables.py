@@ -56,6 +56,8 @@ class OrgRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created: Mapped[int] = mapped_column(BigInteger)
+    #: requests in flight over all the org's endpoints, per gateway; NULL: no limit
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ApiKeyRow(Base):
@@ -67,6 +69,9 @@ class ApiKeyRow(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created: Mapped[int] = mapped_column(BigInteger)
     revoked: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: inference keys: requests and tokens per minute, per gateway; NULL: no limit
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ArchitectureRow(Base):

@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from turnout.errors import Conflict, NotFound
+from turnout.errors import BadRequest, Conflict, NotFound
 from turnout.ids import NAME_PATTERN, full_match
-from turnout.store.records import ApiKey, ArchitectureRecord, KeyKind, Org
+from turnout.store.records import ApiKey, ArchitectureRecord, KeyGrant, KeyKind, Org
 from turnout.store.tables import ApiKeyRow, ArchGrantRow, ArchitectureRow, OrgRow
 
 
@@ -20,7 +20,7 @@ def now() -> int:
 
 
 def _org(row: OrgRow) -> Org:
-    return Org(id=row.id, name=row.name, created=row.created)
+    return Org(id=row.id, name=row.name, created=row.created, max_concurrent=row.max_concurrent)
 
 
 async def create_org(session: AsyncSession, name: str) -> Org:
@@ -65,6 +65,8 @@ def _key(row: ApiKeyRow, org_name: str) -> ApiKey:
         prefix=row.prefix,
         created=row.created,
         revoked=row.revoked,
+        rpm=row.rpm,
+        tpm=row.tpm,
     )
 
 
@@ -108,13 +110,64 @@ async def active_key_hashes(session: AsyncSession, kind: KeyKind) -> dict[str, s
     return {key_hash: name for key_hash, name in rows}
 
 
-async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey:
+async def active_inference_keys(session: AsyncSession) -> list[KeyGrant]:
+    """Every unrevoked inference key with its limits and its org's (the gateway's key cache)."""
+    rows = await session.execute(
+        select(ApiKeyRow, OrgRow.name, OrgRow.max_concurrent)
+        .join(OrgRow, OrgRow.id == ApiKeyRow.org_id)
+        .where(ApiKeyRow.kind == KeyKind.INFERENCE.value, ApiKeyRow.revoked.is_(None))
+    )
+    return [
+        KeyGrant(row.key_hash, row.id, name, row.rpm, row.tpm, max_concurrent)
+        for row, name, max_concurrent in rows
+    ]
+
+
+async def _key_row(session: AsyncSession, key_id: str) -> ApiKeyRow:
     row = await session.get(ApiKeyRow, key_id)
     if row is None:
         raise NotFound(
             f"key {key_id!r} does not exist; list keys with `turnout admin key list --org ORG`",
             param="key_id",
         )
+    return row
+
+
+async def get_key(session: AsyncSession, key_id: str) -> ApiKey:
+    row = await _key_row(session, key_id)
+    org = await session.get(OrgRow, row.org_id)
+    return _key(row, org.name if org else "")
+
+
+async def set_key_limits(
+    session: AsyncSession, key_id: str, *, rpm: int | None, tpm: int | None
+) -> ApiKey:
+    """Set an inference key's limits (None: no limit)."""
+    row = await _key_row(session, key_id)
+    if row.kind != KeyKind.INFERENCE.value:
+        raise BadRequest(
+            f"key {key_id!r} is a {row.kind} key; limits apply to inference keys",
+            param="key_id",
+        )
+    row.rpm, row.tpm = rpm, tpm
+    await session.flush()
+    org = await session.get(OrgRow, row.org_id)
+    return _key(row, org.name if org else "")
+
+
+async def set_org_limits(session: AsyncSession, name: str, *, max_concurrent: int | None) -> Org:
+    row = await session.scalar(select(OrgRow).where(OrgRow.name == name))
+    if row is None:
+        raise NotFound(
+            f"org {name!r} does not exist; list orgs with `turnout admin org list`", param="org"
+        )
+    row.max_concurrent = max_concurrent
+    await session.flush()
+    return _org(row)
+
+
+async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey:
+    row = await _key_row(session, key_id)
     if row.revoked is None:
         row.revoked = now()
     org = await session.get(OrgRow, row.org_id)

@@ -34,6 +34,11 @@ async def list_orgs(s: ServicesDep) -> wire.OrgList:
     return await s.admin.list_orgs()
 
 
+@router.post("/orgs/{org_name}:limit", summary="Cap an org's requests in flight (null: no limit)")
+async def limit_org(org_name: str, body: wire.OrgLimitUpdate, s: ServicesDep) -> wire.OrgOut:
+    return await s.admin.limit_org(org_name, body)
+
+
 @router.post(
     "/orgs/{org}/sources",
     summary="Let an org sync weights from an S3 prefix, a local directory or a HF namespace",
@@ -87,6 +92,14 @@ async def list_keys(s: ServicesDep, org: str | None = None) -> wire.KeyList:
 @router.post("/keys/{key_id}:revoke", summary="Revoke a key", responses=error_responses(404))
 async def revoke_key(key_id: str, s: ServicesDep) -> wire.KeyOut:
     return await s.admin.revoke_key(key_id)
+
+
+@router.post(
+    "/keys/{key_id}:limit",
+    summary="Set an inference key's requests and tokens per minute (null: no limit)",
+)
+async def limit_key(key_id: str, body: wire.KeyLimitUpdate, s: ServicesDep) -> wire.KeyOut:
+    return await s.admin.limit_key(key_id, body)
 
 
 @router.get("/architectures", summary="List the architecture catalog")

@@ -106,6 +106,16 @@ async def endpoint_status(endpoint_id: str, s: ServicesDep, caller: Caller) -> e
     return await s.endpoints.status(caller, endpoint_id)
 
 
+@router.get(
+    "/endpoints/{endpoint_id}/metrics",
+    summary="Per-version traffic over the last complete minute (Turnout extension)",
+)
+async def endpoint_metrics(
+    endpoint_id: str, s: ServicesDep, caller: Caller
+) -> ewire.EndpointMetrics:
+    return await s.traffic.endpoint_metrics(caller, endpoint_id)
+
+
 @router.post(
     "/endpoints/{endpoint_id}:deployModel",
     summary="Deploy model to endpoint",

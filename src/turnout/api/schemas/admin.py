@@ -17,6 +17,14 @@ class OrgOut(ManagementModel):
     name: str
     created: int
     architectures: list[str]
+    #: requests in flight over all the org's endpoints (per gateway); null: no limit
+    max_concurrent: int | None = None
+
+
+class OrgLimitUpdate(ManagementModel):
+    """A field left out keeps its value; null removes the limit."""
+
+    max_concurrent: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class OrgList(ManagementModel):
@@ -35,8 +43,18 @@ class KeyOut(ManagementModel):
     prefix: str
     created: int
     revoked: int | None = None
+    #: Inference keys: requests and tokens per minute (per gateway); null: no limit.
+    rpm: int | None = None
+    tpm: int | None = None
     #: Only in the response that creates the key; never stored.
     key: str | None = None
+
+
+class KeyLimitUpdate(ManagementModel):
+    """A field left out keeps its value; null removes the limit."""
+
+    rpm: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    tpm: int | None = Field(default=None, ge=1, le=1_000_000_000_000)
 
 
 class KeyList(ManagementModel):

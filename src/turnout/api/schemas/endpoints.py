@@ -79,3 +79,21 @@ class EndpointUpdate(ManagementModel):
 
     follow_alias: str | None
     rollout: RolloutPolicySpec | None = None
+
+
+# Turnout extensions (not in the published API): GET /management/v1/endpoints/{id}/metrics
+class VersionMetrics(ManagementModel):
+    version_id: int | None
+    requests_per_second: float
+    #: failed requests (any status but 200) over all requests; 0 without requests
+    error_rate: float
+    #: gateway receipt to the first byte sent to the client; null without requests
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+
+
+class EndpointMetrics(ManagementModel):
+    window_seconds: int
+    versions: list[VersionMetrics]
+    #: unix seconds when the window ended
+    at: int

@@ -22,7 +22,7 @@ from turnout.store import deployments, sources, tenants
 from turnout.store import endpoints as endpoints_repo
 from turnout.store import replicas as replica_rows
 from turnout.store.db import Database
-from turnout.store.records import ApiKey, ArchitectureRecord, Endpoint, KeyKind, SourceGrant
+from turnout.store.records import ApiKey, ArchitectureRecord, Endpoint, KeyKind, Org, SourceGrant
 
 
 def catalog_records() -> list[ArchitectureRecord]:
@@ -50,7 +50,15 @@ def _key_out(key: ApiKey, token: str | None = None) -> wire.KeyOut:
         prefix=key.prefix,
         created=key.created,
         revoked=key.revoked,
+        rpm=key.rpm,
+        tpm=key.tpm,
         key=token,
+    )
+
+
+def _org_out(org: Org, archs: list[str]) -> wire.OrgOut:
+    return wire.OrgOut(
+        name=org.name, created=org.created, architectures=archs, max_concurrent=org.max_concurrent
     )
 
 
@@ -122,14 +130,14 @@ class AdminService:
             for arch in BUILTIN_ARCHITECTURES:
                 await tenants.grant(s, org, arch.arch_id)
             archs = await tenants.granted_architectures(s, org)
-        return wire.OrgOut(name=org.name, created=org.created, architectures=archs)
+        return _org_out(org, archs)
 
     async def list_orgs(self) -> wire.OrgList:
         async with self.db.session() as s:
             out = []
             for org in await tenants.list_orgs(s):
                 archs = await tenants.granted_architectures(s, org)
-                out.append(wire.OrgOut(name=org.name, created=org.created, architectures=archs))
+                out.append(_org_out(org, archs))
         return wire.OrgList(orgs=out)
 
     async def create_key(self, org_name: str, kind: str) -> wire.KeyOut:
@@ -167,6 +175,33 @@ class AdminService:
         self.on_keys_changed()
         return _key_out(key)
 
+    async def limit_key(self, key_id: str, update: wire.KeyLimitUpdate) -> wire.KeyOut:
+        """Set an inference key's requests and tokens per minute; the gateways apply them on
+        their next key refresh (about a second)."""
+        given = update.model_fields_set
+        async with self.db.session() as s:
+            key = await tenants.get_key(s, key_id)
+            key = await tenants.set_key_limits(
+                s,
+                key_id,
+                rpm=update.rpm if "rpm" in given else key.rpm,
+                tpm=update.tpm if "tpm" in given else key.tpm,
+            )
+        self.on_keys_changed()
+        return _key_out(key)
+
+    async def limit_org(self, org_name: str, update: wire.OrgLimitUpdate) -> wire.OrgOut:
+        """Cap an org's requests in flight, over all its endpoints, on each gateway."""
+        async with self.db.session() as s:
+            org = await tenants.get_org(s, org_name)
+            if "max_concurrent" in update.model_fields_set:
+                org = await tenants.set_org_limits(
+                    s, org_name, max_concurrent=update.max_concurrent
+                )
+            archs = await tenants.granted_architectures(s, org)
+        self.on_keys_changed()
+        return _org_out(org, archs)
+
     async def list_architectures(self) -> wire.ArchList:
         return wire.ArchList(
             architectures=[
@@ -186,7 +221,7 @@ class AdminService:
             org = await tenants.get_org(s, org_name)
             await tenants.grant(s, org, arch_id)
             archs = await tenants.granted_architectures(s, org)
-        return wire.OrgOut(name=org.name, created=org.created, architectures=archs)
+        return _org_out(org, archs)
 
     async def create_endpoint(self, req: wire.EndpointCreate) -> wire.EndpointOut:
         _check_name(req.endpoint_id, "endpoint id", "endpoint_id")

@@ -1,7 +1,7 @@
 """hardening: unique deployment seq, room for long idempotency routes, per-org weight sources
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-10 09:00:00
 
 MERGE NOTE: revision 0004 (the gateway's) lands separately; when both are on one branch, set
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
