@@ -230,12 +230,17 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
     placement = rollout = None
     if runs_workers:
         placement = build_placement(settings)
-        feed: RoutingFeed = InProcessFeed(db, router) if role is Role.ALL else StoreFeed(db)
+        hold = settings.hold_seconds
+        feed: RoutingFeed = (
+            InProcessFeed(db, router, hold)
+            if role is Role.ALL
+            else StoreFeed(db, hold_seconds=hold)
+        )
         rollout = RolloutController(db, placement, feed, rollout_config(settings, engines))
     follower = key_refresher = None
     if role is Role.GATEWAY:
         gateway_id = f"{socket.gethostname()}-{os.getpid()}"
-        follower = StoreFollower(db, router, keys, gateway_id)
+        follower = StoreFollower(db, router, keys, gateway_id, settings.hold_seconds)
     elif role is Role.ALL:
         key_refresher = KeyRefresher(db, keys)
     services = Services(

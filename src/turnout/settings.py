@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     max_replicas: int = 0
     #: JSON file of extra engine command templates (see docs/engines.md).
     engine_templates: Path | None = None
+    #: While an endpoint's only replicas swap weights in place, gateways hold new requests
+    #: this long for them instead of answering 503.
+    hold_seconds: float = 30.0
     #: Seconds between liveness checks of a ready replica's health path, and each check's
     #: bound; a replica that fails two in a row is killed and restarted.
     health_interval: float = 5.0

@@ -31,11 +31,12 @@ from turnout.errors import (
     UpstreamBadResponse,
     UpstreamTimeout,
 )
-from turnout.gateway.inbound import Inbound, parse, read_body, read_head
+from turnout.gateway.inbound import Head, Inbound, parse, read_body, read_head
 from turnout.gateway.keys import InferenceKeys, KeyEntry
 from turnout.gateway.limits import Admission, Limits, Refused
 from turnout.gateway.metrics import GatewayMetrics
 from turnout.gateway.relay import send_stream, send_whole
+from turnout.gateway.rewrite import Usage
 from turnout.gateway.routing import Router
 from turnout.gateway.streaming import DisconnectWatch, Exchange, Served
 from turnout.gateway.traffic import Traffic
@@ -122,7 +123,11 @@ class Proxy:
                 return  # the client left before sending its body
             inbound = parse(body)
             route = self._resolve(entry.org, inbound.model)
+            if not route.replicas and route.hold_seconds:
+                route = await self._hold(route)  # its replicas are swapping weights in place
             replicas = self._replicas_of(route)
+            if route.canary is not None:
+                replicas = self.router.split(route, replicas, sticky_key(route, head, scope))
             admission = self._admit(entry, inbound)
         except TurnoutError as exc:
             self._refused(route, exc, started)
@@ -162,6 +167,11 @@ class Proxy:
                 code="model_not_found",
             )
         return route
+
+    async def _hold(self, route: EndpointRoute) -> EndpointRoute:
+        """Wait (up to the route's hold) for the endpoint to have a ready replica again."""
+        await self.router.wait_for_replicas(route.endpoint_id, route.hold_seconds)
+        return self.router.current().endpoints.get(route.endpoint_id, route)
 
     @staticmethod
     def _replicas_of(route: EndpointRoute) -> tuple[ReplicaRoute, ...]:
@@ -240,6 +250,26 @@ class Proxy:
             tally.output_tokens += usage.completion_tokens
         if exchange.admission is not None:
             self.limits.finish(exchange.admission, _used_tokens(exchange, status))
+        if served is not None and served.deployment_id is not None:
+            self._count_for_gates(exchange, served.deployment_id, status, ended, usage)
+
+    def _count_for_gates(
+        self, exchange: Exchange, deployment_id: str, status: int, ended: float, usage: Usage | None
+    ) -> None:
+        """What canary gates judge, per deployment: errors, cut streams, TTFT, TPOT."""
+        stats = self.router.stats_for(deployment_id)
+        stats.requests += 1
+        if status >= 500:
+            stats.errors += 1
+        if exchange.stream:
+            stats.streams += 1
+            if status in (502, 504):  # cut before [DONE]
+                stats.stream_aborts += 1
+        if exchange.first_out:
+            stats.ttft.add(exchange.first_out - exchange.started)
+            tokens = usage.completion_tokens if usage is not None else 0
+            if exchange.stream and tokens > 1:
+                stats.tpot.add((ended - exchange.first_out) / (tokens - 1))
 
     async def _exchange(
         self, exchange: Exchange, replicas: tuple[ReplicaRoute, ...], send: Send
@@ -385,3 +415,17 @@ async def send_error(send: Send, exc: TurnoutError, request_id: str) -> None:
     ]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def sticky_key(route: EndpointRoute, head: Head, scope: Scope) -> bytes | None:
+    """What a canary's sessions are keyed by: the caller's key, a header, or nothing."""
+    assert route.canary is not None
+    sticky = route.canary.sticky
+    if sticky == "api_key":
+        return head.token.encode() if head.token else None
+    if sticky.startswith("header:"):
+        wanted = sticky[len("header:") :].lower().encode("latin-1")
+        for name, value in scope["headers"]:
+            if name == wanted:
+                return bytes(value)
+    return None

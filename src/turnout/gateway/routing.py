@@ -13,10 +13,13 @@ to drain (DESIGN §3 step 4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import random
 from collections.abc import Collection
 
 from turnout.routing.stats import VersionStats
-from turnout.routing.table import ReplicaRoute, RoutingTable
+from turnout.routing.table import EndpointRoute, ReplicaRoute, RoutingTable
 
 
 class Router:
@@ -35,9 +38,42 @@ class Router:
         self._drain_waiters: set[asyncio.Event] = set()
         #: What the proxy counted per deployment (canary gates read it through the feed).
         self._stats: dict[str, VersionStats] = {}
+        #: Set (and replaced) on every swap: held requests wait on it.
+        self._changed = asyncio.Event()
 
     def swap(self, table: RoutingTable) -> None:
         self._table = table
+        # Requests held for an endpoint whose replicas swap weights look again.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for_replicas(self, endpoint_id: str, timeout: float) -> None:
+        """Return once the table gives ``endpoint_id`` a ready replica, or after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            route = self._table.endpoints.get(endpoint_id)
+            left = deadline - loop.time()
+            if route is None or route.replicas or left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+
+    def split(
+        self, route: EndpointRoute, serving: tuple[ReplicaRoute, ...], key: bytes | None
+    ) -> tuple[ReplicaRoute, ...]:
+        """A canary's share of requests to its new version: by the session's bucket (one of
+        10,000; below the weight goes new), or at random without a session key."""
+        canary = route.canary
+        assert canary is not None
+        if not canary.replicas:
+            return serving
+        if key is None:
+            new = random.random() * 100 < canary.percent
+        else:
+            bucket = int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "big") % 10_000
+            new = bucket < canary.percent * 100
+        return canary.replicas if new else serving
 
     def current(self) -> RoutingTable:
         return self._table

@@ -155,13 +155,14 @@ async def _route(session: AsyncSession, endpoint: Endpoint, hold: float) -> Endp
 class InProcessFeed:
     """The gateway runs in this process: swap its table directly, count its in-flight requests."""
 
-    def __init__(self, db: Database, gateway: TableHolder) -> None:
+    def __init__(self, db: Database, gateway: TableHolder, hold_seconds: float = 30.0) -> None:
         self.db = db
         self.gateway = gateway
+        self.hold_seconds = hold_seconds
 
     async def publish(self) -> None:
         async with self.db.session() as s:
-            routes = await build_routes(s)
+            routes = await build_routes(s, self.hold_seconds)
         table = next_table(self.gateway.current(), routes)
         if table is not None:
             self.gateway.swap(table)
@@ -180,15 +181,18 @@ class StoreFeed:
     replica drained once every live gateway serves a table without it. Requests those
     gateways still have in flight finish through the engine's own SIGTERM drain."""
 
-    def __init__(self, db: Database, *, gateway_alive_within: float = 5.0) -> None:
+    def __init__(
+        self, db: Database, *, gateway_alive_within: float = 5.0, hold_seconds: float = 30.0
+    ) -> None:
         self.db = db
         self.alive_within = gateway_alive_within
+        self.hold_seconds = hold_seconds
         self._last: dict[str, EndpointRoute] | None = None
         self._generation = 0
 
     async def publish(self) -> None:
         async with self.db.session() as s:
-            routes = await build_routes(s)
+            routes = await build_routes(s, self.hold_seconds)
             if routes == self._last:
                 return
             self._generation = await routing.bump_routing_generation(s)

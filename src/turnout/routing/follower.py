@@ -56,11 +56,19 @@ class StoreFollower:
     #: worker's 5 s liveness window for gateways).
     REFRESH = 1.0
 
-    def __init__(self, db: Database, gateway: TableHolder, keys: KeyTable, gateway_id: str):
+    def __init__(
+        self,
+        db: Database,
+        gateway: TableHolder,
+        keys: KeyTable,
+        gateway_id: str,
+        hold_seconds: float = 30.0,
+    ):
         self.db = db
         self.gateway = gateway
         self.keys = KeyRefresher(db, keys)
         self.gateway_id = gateway_id
+        self.hold_seconds = hold_seconds
         self.wakeup = asyncio.Event()
         self._seen = -1
         self._refreshed = float("-inf")
@@ -75,7 +83,7 @@ class StoreFollower:
             generation = await routing.routing_generation(s)
             moved = generation != self._seen
             if moved:
-                table = next_table(self.gateway.current(), await build_routes(s))
+                table = next_table(self.gateway.current(), await build_routes(s, self.hold_seconds))
                 if table is not None:
                     self.gateway.swap(table)
                     log.info(
