@@ -112,6 +112,7 @@ class ReplicaActor:
         self.detail: str | None = "starting"
         self.error: str | None = None
         self.task: asyncio.Task[None] | None = None
+        log.info("replica %s: actor up on %s (pid %d)", spec.replica_id, self.node, os.getpid())
 
     def _ensure_running(self) -> None:
         # Started by the first call of any kind, so an actor whose starter died before its
