@@ -37,7 +37,9 @@ FAST_HEALTH_CHECKS = {
 }
 
 
-_UNSHARE = ("unshare", "--net", "--pid", "--fork", "--mount-proc", "--")
+# --kill-child: should unshare itself be killed (a timeout), the namespace's first process
+# gets SIGKILL, and with it every process of the namespace.
+_UNSHARE = ("unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--")
 
 
 def isolated() -> bool:

@@ -259,6 +259,10 @@ class RayPlacement:
     async def _connect(self) -> None:
         async with self._connect_lock:
             if not self._connected:
+                # ray.init retries an unreachable cluster without end (measured: still waiting
+                # after 15 minutes), so it is only called once the GCS port answers.
+                await self._check_reachable()
+                log.info("connecting to the Ray cluster at %s", self._cfg.address)
                 await asyncio.to_thread(
                     ray.init,
                     address=self._cfg.address,
@@ -267,6 +271,23 @@ class RayPlacement:
                     logging_level=logging.WARNING,
                 )
                 self._connected = True
+                log.info("connected to the Ray cluster at %s", self._cfg.address)
+
+    async def _check_reachable(self) -> None:
+        address = self._cfg.address
+        if "://" in address:  # ray:// (Ray Client) and the like: Ray's own business
+            return
+        host, _, port = address.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port)), self._cfg.call_timeout
+            )
+        except (OSError, ValueError, TimeoutError) as exc:
+            raise ConnectionError(
+                f"cannot reach the Ray cluster at {address} (TURNOUT_RAY_ADDRESS, the head's "
+                f"host:port): {exc!r}"
+            ) from exc
+        writer.close()
 
     async def _actor(self, replica_id: str) -> Any:
         """The replica's actor handle; ValueError when no live actor has its name."""
