@@ -190,9 +190,18 @@ def engines() -> dict[int, str]:
 
 
 def assert_on_its_node(row: dict[str, Any], gpus: int) -> None:
+    """Ready, serving on its node's address, and its engine sees exactly its GPUs."""
     assert row["state"] == "ready", row
-    assert urlparse(row["address"]).hostname == row["node"], row
+    url = urlparse(row["address"])
+    assert url.hostname == row["node"], row
     assert len(row["gpus"]) == gpus, row
+    (engine,) = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "turnout.engine" in (p.info["cmdline"] or []) and str(url.port) in p.info["cmdline"]
+    ]
+    visible = engine.environ().get("CUDA_VISIBLE_DEVICES")
+    assert visible == ",".join(str(g) for g in row["gpus"]), (row, visible)
 
 
 def ask(fleet: Fleet, endpoint: str = "acme-tiny") -> httpx.Response:
