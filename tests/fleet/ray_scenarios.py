@@ -262,7 +262,11 @@ def test_replicas_spread_roll_survive_the_control_plane_and_heal_a_lost_node(
         time.sleep(4)
         fleet.start_control_plane()
         up_at = time.time()
-        wait_until(fleet.worker.log_tail, lambda t: t.count("found replica") >= 2, timeout=60)
+        wait_until(
+            lambda: fleet.worker.log_tail(200_000),
+            lambda t: t.count("found replica") >= 2,
+            timeout=60,
+        )
         time.sleep(2)  # a few reconcile passes: nothing is started twice
         assert sorted(r["replica_id"] for r in fleet.replicas()) == before
         assert sorted(engines()) == pids
