@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.responses import FileResponse, Response
 
 from turnout.api.deps import ServicesDep
-from turnout.errors import NotFound, Unauthenticated
+from turnout.errors import Conflict, NotFound, Unauthenticated
 
 
 async def require_internal(
@@ -40,6 +40,12 @@ router = APIRouter(
 )
 
 
+class _WeightFile(FileResponse):
+    # Starlette reads 64 KiB at a time; weight files are gigabytes, sent to nodes that hash
+    # as they receive.
+    chunk_size = 4 * 2**20
+
+
 def _not_found(hexdigest: str) -> NotFound:
     return NotFound(f"no published weights with digest sha256:{hexdigest}", param="digest")
 
@@ -50,6 +56,8 @@ async def manifest(hexdigest: str, s: ServicesDep) -> Response:
         found = await asyncio.to_thread(s.weights.manifest, hexdigest)
     except FileNotFoundError:
         raise _not_found(hexdigest) from None
+    except ValueError as exc:  # the store's copy was changed on disk: never serve it
+        raise Conflict(str(exc), param="digest") from None
     return Response(found.to_json(), media_type="application/json")
 
 
@@ -61,4 +69,4 @@ async def weight_file(hexdigest: str, name: str, s: ServicesDep) -> FileResponse
         raise _not_found(hexdigest) from None
     if name not in files:  # only the manifest's names: nothing else of the disk is reachable
         raise NotFound(f"sha256:{hexdigest} has no file {name!r}", param="name")
-    return FileResponse(s.weights.path_for(hexdigest) / name)
+    return _WeightFile(s.weights.path_for(hexdigest) / name, media_type="application/octet-stream")
