@@ -12,8 +12,11 @@ flooding the gateway gets 429s while other orgs' requests go through.
 
 Every response to a key with limits carries OpenAI's headers (``x-ratelimit-limit-requests``,
 ``-remaining-``, ``-reset-`` with Go-style durations such as ``1s`` or ``6m0s``: the time until
-the bucket is full again) and Cerebras' per-minute names (``x-ratelimit-...-requests-minute``,
-reset in float seconds); a 429 adds ``retry-after`` (seconds) and ``retry-after-ms``.
+the bucket is full again; ``-tokens`` likewise) and, for tokens, Cerebras' published names
+(``x-ratelimit-{limit,remaining,reset}-tokens-minute``, reset in float seconds). Cerebras'
+``-requests-day`` has no counterpart here (no daily limits). A 429 adds ``retry-after``
+(seconds) and ``retry-after-ms``. Each header costs the gateway a few microseconds in uvicorn
+(it validates every header), so keys without limits get none.
 
 State is per gateway process: with N gateways behind a balancer a key gets up to N times its
 limits. Nothing here awaits: every method runs on the event loop between two awaits.
@@ -56,16 +59,23 @@ class Bucket:
         return max(0.0, missing * 60.0 / self.capacity)
 
     def headers(self, kind: bytes) -> Headers:
+        """OpenAI's three headers for this bucket; for tokens also Cerebras' ``-minute`` ones
+        (Cerebras publishes tokens per minute, and requests per *day*, which Turnout has not)."""
         remaining = max(0, math.floor(self.level))
         reset = self.seconds_until(self.capacity)
-        return [
-            (b"x-ratelimit-limit-" + kind, str(self.capacity).encode()),
-            (b"x-ratelimit-remaining-" + kind, str(remaining).encode()),
+        limit, left = str(self.capacity).encode(), str(remaining).encode()
+        headers = [
+            (b"x-ratelimit-limit-" + kind, limit),
+            (b"x-ratelimit-remaining-" + kind, left),
             (b"x-ratelimit-reset-" + kind, go_duration(reset).encode()),
-            (b"x-ratelimit-limit-" + kind + b"-minute", str(self.capacity).encode()),
-            (b"x-ratelimit-remaining-" + kind + b"-minute", str(remaining).encode()),
-            (b"x-ratelimit-reset-" + kind + b"-minute", f"{reset:.3f}".encode()),
         ]
+        if kind == b"tokens":
+            headers += [
+                (b"x-ratelimit-limit-tokens-minute", limit),
+                (b"x-ratelimit-remaining-tokens-minute", left),
+                (b"x-ratelimit-reset-tokens-minute", f"{reset:.3f}".encode()),
+            ]
+        return headers
 
 
 def go_duration(seconds: float) -> str:
