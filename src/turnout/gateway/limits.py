@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,12 +206,19 @@ def _tokens_headers(bucket: Bucket | None) -> Headers:
 
 
 class Refused(RateLimited):
-    """A 429 with the headers that tell the client its limits and when to retry."""
+    """A 429 with the headers that tell the client its limits and when to retry (built like
+    any error of the tree; the extras are optional)."""
 
     def __init__(
-        self, message: str, *, code: str, retry_after: float | None, headers: Headers
+        self,
+        message: str,
+        *,
+        param: str | None = "quota",
+        code: str | None = None,
+        retry_after: float | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
-        super().__init__(message, param="quota", code=code)
+        super().__init__(message, param=param, code=code)
         self.headers = list(headers)
         if retry_after is not None:
             self.headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
