@@ -12,8 +12,11 @@ flooding the gateway gets 429s while other orgs' requests go through.
 
 Every response to a key with limits carries OpenAI's headers (``x-ratelimit-limit-requests``,
 ``-remaining-``, ``-reset-`` with Go-style durations such as ``1s`` or ``6m0s``: the time until
-the bucket is full again) and Cerebras' per-minute names (``x-ratelimit-...-requests-minute``,
-reset in float seconds); a 429 adds ``retry-after`` (seconds) and ``retry-after-ms``.
+the bucket is full again; ``-tokens`` likewise) and, for tokens, Cerebras' published names
+(``x-ratelimit-{limit,remaining,reset}-tokens-minute``, reset in float seconds). Cerebras'
+``-requests-day`` has no counterpart here (no daily limits). A 429 adds ``retry-after``
+(seconds) and ``retry-after-ms``. Each header costs the gateway a few microseconds in uvicorn
+(it validates every header), so keys without limits get none.
 
 State is per gateway process: with N gateways behind a balancer a key gets up to N times its
 limits. Nothing here awaits: every method runs on the event loop between two awaits.
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,16 +59,23 @@ class Bucket:
         return max(0.0, missing * 60.0 / self.capacity)
 
     def headers(self, kind: bytes) -> Headers:
+        """OpenAI's three headers for this bucket; for tokens also Cerebras' ``-minute`` ones
+        (Cerebras publishes tokens per minute, and requests per *day*, which Turnout has not)."""
         remaining = max(0, math.floor(self.level))
         reset = self.seconds_until(self.capacity)
-        return [
-            (b"x-ratelimit-limit-" + kind, str(self.capacity).encode()),
-            (b"x-ratelimit-remaining-" + kind, str(remaining).encode()),
+        limit, left = str(self.capacity).encode(), str(remaining).encode()
+        headers = [
+            (b"x-ratelimit-limit-" + kind, limit),
+            (b"x-ratelimit-remaining-" + kind, left),
             (b"x-ratelimit-reset-" + kind, go_duration(reset).encode()),
-            (b"x-ratelimit-limit-" + kind + b"-minute", str(self.capacity).encode()),
-            (b"x-ratelimit-remaining-" + kind + b"-minute", str(remaining).encode()),
-            (b"x-ratelimit-reset-" + kind + b"-minute", f"{reset:.3f}".encode()),
         ]
+        if kind == b"tokens":
+            headers += [
+                (b"x-ratelimit-limit-tokens-minute", limit),
+                (b"x-ratelimit-remaining-tokens-minute", left),
+                (b"x-ratelimit-reset-tokens-minute", f"{reset:.3f}".encode()),
+            ]
+        return headers
 
 
 def go_duration(seconds: float) -> str:
@@ -196,12 +206,19 @@ def _tokens_headers(bucket: Bucket | None) -> Headers:
 
 
 class Refused(RateLimited):
-    """A 429 with the headers that tell the client its limits and when to retry."""
+    """A 429 with the headers that tell the client its limits and when to retry (built like
+    any error of the tree; the extras are optional)."""
 
     def __init__(
-        self, message: str, *, code: str, retry_after: float | None, headers: Headers
+        self,
+        message: str,
+        *,
+        param: str | None = "quota",
+        code: str | None = None,
+        retry_after: float | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
-        super().__init__(message, param="quota", code=code)
+        super().__init__(message, param=param, code=code)
         self.headers = list(headers)
         if retry_after is not None:
             self.headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))

@@ -61,8 +61,15 @@ class ProxyConfig:
 class NotReady(EndpointNotReady):
     """A 503 that says when to retry (``Retry-After``; the OpenAI and Cerebras SDKs honour it)."""
 
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
-        super().__init__(message, param="model", code=code)
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = "model",
+        code: str | None = None,
+        retry_after: int = 1,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
         self.retry_after = retry_after
 
 

@@ -10,7 +10,6 @@ upstream connection and releases the replica exactly once.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 
@@ -55,18 +54,23 @@ class Exchange:
     def time_info(self) -> bytes:
         """The ``"time_info":{...}`` member, from the gateway's clock (engines like vLLM send
         none): queue = here until sent to the replica; prompt = until its first byte (streams
-        only: a whole answer's first byte comes with its last); completion = the rest."""
+        only: a whole answer's first byte comes with its last); completion = the rest.
+
+        Written by hand: a float's repr is valid JSON, and json.dumps cost four times more.
+        """
         now = time.perf_counter()
         sent = self.sent or now
-        info: dict[str, float] = {"queue_time": sent - self.started}
         if self.stream and self.first_byte:
-            info["prompt_time"] = self.first_byte - sent
-            info["completion_time"] = now - self.first_byte
+            middle = (
+                f'"prompt_time":{self.first_byte - sent!r},'
+                f'"completion_time":{now - self.first_byte!r}'
+            )
         else:
-            info["completion_time"] = now - sent
-        info["total_time"] = now - self.started
-        info["created"] = self.received
-        return b'"time_info":' + json.dumps(info).encode()
+            middle = f'"completion_time":{now - sent!r}'
+        return (
+            f'"time_info":{{"queue_time":{sent - self.started!r},{middle},'
+            f'"total_time":{now - self.started!r},"created":{self.received!r}}}'
+        ).encode()
 
     def queue_time(self) -> float | None:
         """For the Metrics API: receipt to the replica's first byte (streams), or to the
