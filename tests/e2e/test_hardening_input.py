@@ -154,23 +154,25 @@ def test_out_of_range_seeds_are_400(env: Deployed, seed: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "body", "param"),
+    ("path", "body"),
     [
         ("/v1/chat/completions", '{"model": "M", "messages": [{"role": "user", "content": '
-         '"a\\ud800b"}], "max_tokens": 2}', "messages.0.content"),
+         '"a\\ud800b"}], "max_tokens": 2}'),
         ("/v1/chat/completions", '{"model": "M", "messages": [{"role": "user", "content": '
-         '[{"type": "text", "text": "\\udfff"}]}], "max_tokens": 2}', "messages.0.content.0.text"),
+         '[{"type": "text", "text": "\\udfff"}]}], "max_tokens": 2}'),
         ("/v1/chat/completions", '{"model": "M", "messages": [{"role": "user", "content": "hi"}],'
-         ' "stop": ["\\ud83d"], "max_tokens": 2}', "stop.0"),
-        ("/v1/completions", '{"model": "M", "prompt": "x\\udc00", "max_tokens": 2}', "prompt"),
-        ("/v1/completions", '{"model": "M", "prompt": ["\\ud800"], "max_tokens": 2}', "prompt.0"),
+         ' "stop": ["\\ud83d"], "max_tokens": 2}'),
+        ("/v1/completions", '{"model": "M", "prompt": "x\\udc00", "max_tokens": 2}'),
+        ("/v1/completions", '{"model": "M", "prompt": ["\\ud800"], "max_tokens": 2}'),
     ],
 )  # fmt: skip
-def test_lone_surrogates_are_400(env: Deployed, path: str, body: str, param: str) -> None:
+def test_lone_surrogates_are_400(env: Deployed, path: str, body: str) -> None:
+    # The gateway's JSON parser refuses a lone surrogate anywhere (400 invalid_json) before any
+    # replica sees it; the built-in engine names the field when called directly (its tests).
     resp = _raw_chat(env, body.replace('"M"', json.dumps(env.endpoint)).encode(), path)
     assert resp.status_code == 400, resp.text
-    assert resp.json()["param"] == param and set(resp.json()) == {"message", "type", "param",
-                                                                  "code"}  # fmt: skip
+    assert set(resp.json()) == {"message", "type", "param", "code"}
+    assert resp.json()["code"] == "invalid_json", resp.text
     # The engine keeps serving.
     ok = _raw_chat(env, json.dumps(_chat_body(env)).encode())
     assert ok.status_code == 200, ok.text

@@ -237,3 +237,21 @@ def test_health_is_live_while_generating(client: httpx.Client, engine: EnginePro
                 pass
     after = client.get("/health").json()
     assert (after["active"], after["seconds_since_progress"]) == (0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": '
+         '"a\\ud800b"}], "max_tokens": 2}', "messages.0.content"),
+        ("/v1/completions", '{"model": "tiny", "prompt": "x\\udc00", "max_tokens": 2}', "prompt"),
+    ],
+)  # fmt: skip
+def test_lone_surrogates_name_the_field(
+    client: httpx.Client, path: str, body: str, param: str
+) -> None:
+    resp = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["param"] == param
+    assert client.post("/v1/completions", json={
+        "model": "tiny", "prompt": "hi", "max_tokens": 2}).status_code == 200  # fmt: skip

@@ -34,7 +34,11 @@ async def list_orgs(s: ServicesDep) -> wire.OrgList:
     return await s.admin.list_orgs()
 
 
-@router.post("/orgs/{org_name}:limit", summary="Cap an org's requests in flight (null: no limit)")
+@router.post(
+    "/orgs/{org_name}:limit",
+    summary="Cap an org's requests in flight (null: no limit)",
+    responses={**BODY, **error_responses(404)},
+)
 async def limit_org(org_name: str, body: wire.OrgLimitUpdate, s: ServicesDep) -> wire.OrgOut:
     return await s.admin.limit_org(org_name, body)
 
@@ -97,6 +101,7 @@ async def revoke_key(key_id: str, s: ServicesDep) -> wire.KeyOut:
 @router.post(
     "/keys/{key_id}:limit",
     summary="Set an inference key's requests and tokens per minute (null: no limit)",
+    responses={**BODY, **error_responses(404)},
 )
 async def limit_key(key_id: str, body: wire.KeyLimitUpdate, s: ServicesDep) -> wire.KeyOut:
     return await s.admin.limit_key(key_id, body)

@@ -183,6 +183,7 @@ async def rollback(endpoint_id: str, s: ServicesDep, caller: Caller) -> dwire.De
     "/deployments/{deployment_id}:pause",
     summary="Hold a canary at its step",
     response_model_exclude_none=True,
+    responses=error_responses(409),
 )
 async def pause(deployment_id: str, s: ServicesDep, caller: Caller) -> dwire.DeploymentOperation:
     return await s.endpoints.steer(caller, deployment_id, "pause")
@@ -192,6 +193,7 @@ async def pause(deployment_id: str, s: ServicesDep, caller: Caller) -> dwire.Dep
     "/deployments/{deployment_id}:resume",
     summary="Go on with a paused canary (a fresh window)",
     response_model_exclude_none=True,
+    responses=error_responses(409),
 )
 async def resume(deployment_id: str, s: ServicesDep, caller: Caller) -> dwire.DeploymentOperation:
     return await s.endpoints.steer(caller, deployment_id, "resume")
@@ -201,6 +203,7 @@ async def resume(deployment_id: str, s: ServicesDep, caller: Caller) -> dwire.De
     "/deployments/{deployment_id}:promote",
     summary="Skip a canary's remaining steps: switch all traffic now",
     response_model_exclude_none=True,
+    responses=error_responses(409),
 )
 async def promote(deployment_id: str, s: ServicesDep, caller: Caller) -> dwire.DeploymentOperation:
     return await s.endpoints.steer(caller, deployment_id, "promote")
@@ -210,6 +213,7 @@ async def promote(deployment_id: str, s: ServicesDep, caller: Caller) -> dwire.D
     "/endpoints/{endpoint_id}",
     summary="Follow an alias: moving it deploys its version with the given policy",
     response_model_exclude_none=True,
+    responses=BODY,
 )
 async def update_endpoint(
     endpoint_id: str, body: ewire.EndpointUpdate, s: ServicesDep, caller: Caller
