@@ -63,7 +63,12 @@ def _gates(specs: list[str], golden: Path | None) -> dict[str, Any]:
         if name not in GATE_NAMES or not value:
             known = ", ".join(GATE_NAMES)
             raise typer.BadParameter(f"--gate takes NAME=VALUE with NAME one of {known}")
-        gates[GATE_NAMES[name]] = int(value) if name == "min_requests" else float(value)
+        # A value that is no number is the caller's mistake: exit 2 naming it, not a traceback.
+        try:
+            gates[GATE_NAMES[name]] = int(value) if name == "min_requests" else float(value)
+        except ValueError:
+            kind = "a whole number" if name == "min_requests" else "a number"
+            raise typer.BadParameter(f"--gate {spec}: {name} takes {kind}") from None
     if golden is not None:
         try:
             prompts = json.loads(golden.read_text())
@@ -94,7 +99,8 @@ def render(body: dict[str, Any]) -> Group:
         gates = Table("gate", "threshold", "reading", "verdict", "detail")
         for g in r["gates"]:
             colour = {"pass": "green", "fail": "red"}.get(g["verdict"], "yellow")
-            reading = "-" if g["reading"] is None else f"{g['reading']:g}"
+            # A pending gate has no reading: the API leaves the null field out of its body.
+            reading = "-" if g.get("reading") is None else f"{g['reading']:g}"
             gates.add_row(
                 g["name"], f"{g['threshold']:g}", reading, Text(g["verdict"], colour), g["detail"]
             )
