@@ -19,7 +19,7 @@ def judge(gates: Gates, new: VersionStats, serving: VersionStats) -> list[GateRe
             float(gates.min_requests),
             float(new.requests),
             Verdict.PASS if enough else Verdict.PENDING,
-            f"{new.requests} of {gates.min_requests} requests",
+            f"{new.requests} requests in the window (needs {gates.min_requests})",
         )
     ]
     if gates.max_error_rate is not None:
