@@ -8,30 +8,12 @@ keyed by the sha256 hex digest the store also persists.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 from turnout.ids import hash_key
+from turnout.routing.table import KeyEntry
 
 __all__ = ["InferenceKeys", "KeyEntry", "StaticInferenceKeys", "hash_key"]
-
-
-@dataclass(frozen=True, slots=True)
-class KeyEntry:
-    """One active inference key as the gateway needs it. ``None``: no limit."""
-
-    org: str
-    key_id: str
-    #: requests per minute for this key
-    rpm: int | None = None
-    #: tokens per minute for this key (prompt + completion, as the replicas' usage counts them)
-    tpm: int | None = None
-    #: the key's org's cap on requests in flight, over all its endpoints (streams included)
-    org_max_concurrent: int | None = None
-
-    @property
-    def limited(self) -> bool:
-        return self.rpm is not None or self.tpm is not None or self.org_max_concurrent is not None
 
 
 class InferenceKeys(Protocol):

@@ -9,8 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
-from turnout.gateway.keys import KeyEntry
 from turnout.routing.feed import TableHolder, build_routes, next_table
+from turnout.routing.table import KeyEntry
 from turnout.store import routing, tenants
 from turnout.store.db import Database
 

@@ -1,4 +1,5 @@
-"""The routing table: which replicas serve each endpoint, as frozen values.
+"""The routing table (which replicas serve each endpoint) and the key entries gateways check
+callers against, as frozen values.
 
 The rollout worker's feed builds it from the store (:mod:`turnout.routing.feed`); a gateway
 swaps it in whole and reads it on every request without touching the store. This module
@@ -71,3 +72,21 @@ class RoutingTable:
 
     def __str__(self) -> str:
         return f"routing table generation {self.generation} ({len(self.endpoints)} endpoints)"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """One active inference key as the gateway needs it. ``None``: no limit."""
+
+    org: str
+    key_id: str
+    #: requests per minute for this key
+    rpm: int | None = None
+    #: tokens per minute for this key (prompt + completion, as the replicas' usage counts them)
+    tpm: int | None = None
+    #: the key's org's cap on requests in flight, over all its endpoints (streams included)
+    org_max_concurrent: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.org_max_concurrent is not None
