@@ -82,8 +82,9 @@ class Settings(BaseSettings):
     #: The control plane's URL as fleet nodes reach it (they fetch weights from it); default:
     #: the address ``turnout serve`` listens on.
     advertise_url: str | None = None
-    #: Bearer token of ``/internal/v1`` (weights for fleet nodes); unset: a random one kept in
-    #: ``data_dir/internal-token``, shared by every process on that data dir.
+    #: Bearer token of ``/internal/v1`` (weights for fleet nodes), at least 32 characters;
+    #: unset: a random one kept in ``data_dir/internal-token``, shared by every process on
+    #: that data dir.
     internal_token: str = ""
     #: How Ray nodes get weights: ``auto`` reads the weight store's path when the node has it
     #: (a shared filesystem) and fetches otherwise; ``fetch`` always fetches.
@@ -131,7 +132,8 @@ class Settings(BaseSettings):
 def check_secrets(settings: Settings) -> None:
     """Refuse to start with a token too short to guard anything (raises ConfigError)."""
     for name, value in (("admin_token", settings.admin_token),
-                        ("metrics_token", settings.metrics_token)):  # fmt: skip
+                        ("metrics_token", settings.metrics_token),
+                        ("internal_token", settings.internal_token)):  # fmt: skip
         if value and len(value) < MIN_TOKEN_LENGTH:
             raise ConfigError(
                 f"TURNOUT_{name.upper()} is {len(value)} characters; use at least "

@@ -320,7 +320,7 @@ def test_tenant_errors_carry_no_paths_or_engine_lines(tenants: Tenants) -> None:
 
 
 def test_weak_tokens_refuse_the_start(tmp_path: Path) -> None:
-    for name in ("TURNOUT_ADMIN_TOKEN", "TURNOUT_METRICS_TOKEN"):
+    for name in ("TURNOUT_ADMIN_TOKEN", "TURNOUT_METRICS_TOKEN", "TURNOUT_INTERNAL_TOKEN"):
         server = TurnoutServer(tmp_path / name, env={name: "short-token"})
         with pytest.raises(RuntimeError, match="at least 32"):
             server.start(timeout=30)

@@ -40,6 +40,10 @@ def env(
             "TURNOUT_ALLOWED_LOCAL_ROOTS": str(weights),
             "TURNOUT_VLLM_PYTHON": str(vllm_python),
             "TURNOUT_VLLM_ARGS": CPU_ARGS,
+            # vLLM's CPU backend pins its threads to one logical CPU per physical core: the same
+            # CPU for every process. A rollout runs v1 and v2 side by side, so let the OS spread
+            # them; otherwise v2 starves behind v1's spinning threads and never gets ready.
+            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
         },
     )
     server.cli("admin", "org", "create", "acme")

@@ -37,7 +37,7 @@ from tests.fleet.cluster import RayCluster, isolated
 pytestmark = pytest.mark.skipif(not isolated(), reason="runs inside test_ray.py's namespace")
 
 NODE_B, NODE_C = "127.0.0.2", "127.0.0.3"
-ADMIN_TOKEN = "fleet-admin-token"
+ADMIN_TOKEN = "fleet-admin-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")

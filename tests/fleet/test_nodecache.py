@@ -17,7 +17,7 @@ from tests.e2e.server import TurnoutServer
 from turnout.registry.nodecache import FetchFailed, ensure_local
 from turnout.registry.weightstore import WeightStore, hash_model_dir
 
-TOKEN = "node-cache-test-token"
+TOKEN = "node-cache-test-token-0123456789abcdef"
 
 Publish = Callable[[], str]
 
@@ -134,11 +134,11 @@ def test_a_manifest_that_does_not_match_the_digest_is_refused(
     server: TurnoutServer, publish: Publish, tmp_path: Path
 ) -> None:
     hexdigest = publish()
-    saved = server.data_dir / "weights" / "sha256" / f"{hexdigest}.manifest.json"
+    store = WeightStore(server.data_dir / "weights")
     # The store's manifest now claims other content for this digest (a swapped file with
     # its own size and hash): the node must not believe it.
-    other = stored(server, publish()).with_suffix(".manifest.json")
-    saved.write_text(other.read_text())
+    other = store.manifest_path(publish())
+    store.manifest_path(hexdigest).write_text(other.read_text())
     with pytest.raises(FetchFailed, match="does not match it"):
         ensure_local(hexdigest, server.url, TOKEN, tmp_path)
     assert not (tmp_path / hexdigest).exists()
