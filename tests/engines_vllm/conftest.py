@@ -51,7 +51,14 @@ def smollm2_versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 class VllmProcess:
     """One vLLM server started from the ``vllm`` template, with its placeholders filled here."""
 
-    def __init__(self, vllm_python: Path, model_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        vllm_python: Path,
+        model_dir: Path,
+        log_path: Path,
+        served_name: str = SERVED_NAME,
+        cpu_args: str = CPU_ARGS,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -60,7 +67,7 @@ class VllmProcess:
             "model_dir": str(model_dir),
             "host": "127.0.0.1",
             "port": str(self.port),
-            "served_name": SERVED_NAME,
+            "served_name": served_name,
             "device": "cpu",
             "max_model_len": str(MAX_MODEL_LEN),
             "dtype": "auto",
@@ -68,7 +75,7 @@ class VllmProcess:
             "gpus": "",
         }
         self.argv = [arg.format_map(values) for arg in BUILTIN_ENGINES["vllm"].argv]
-        env = {**os.environ, "TURNOUT_VLLM_PYTHON": str(vllm_python), "TURNOUT_VLLM_ARGS": CPU_ARGS}
+        env = {**os.environ, "TURNOUT_VLLM_PYTHON": str(vllm_python), "TURNOUT_VLLM_ARGS": cpu_args}
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 self.argv,

@@ -68,7 +68,8 @@ export function RolloutPage({ api, deploymentId }) {
           <dt>last change</dt>
           <dd>{dateTime(r.updated)}</dd>
         </dl>
-        <TrafficSplit percent={r.traffic_percent} from={fromLabel} to={`v${r.version_id}`} />
+        {/* A split exists only while the rollout runs; afterwards one version has it all. */}
+        <TrafficSplit percent={op.done ? undefined : r.traffic_percent} from={fromLabel} to={`v${r.version_id}`} />
         {op.error ? (
           <div class="error-note" role="alert" data-testid="rollout-error">
             <strong>{op.error.code}</strong>: {op.error.message}
