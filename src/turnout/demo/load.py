@@ -1,5 +1,6 @@
 """Background clients for the demo: call the endpoint without pause and record every outcome,
-so the summary can show that a rollout under load drops nothing."""
+so the summary can show that a rollout under load drops nothing. ``ClientLoop`` is the loop
+itself, which the tests and benchmarks that load a gateway build on too."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Self
 
 from turnout.client import ApiError, TurnoutClient
 
@@ -22,34 +24,62 @@ class Outcome:
     error: str | None
 
 
-class Load:
-    """``streaming + plain`` threads, each calling the gateway in a loop until stopped."""
+@dataclass(kw_only=True)
+class ClientLoop:
+    """``threads`` clients, each calling ``run(index)`` until ``stopping`` is set.
+
+    The demo's load and the load that tests and benchmarks put on a gateway during a rollout
+    share this start/stop so that each of them only says what one client does. Keyword-only, so
+    that a dataclass subclass can put its own fields, with or without defaults, first.
+    """
+
+    threads: int = 1
+    #: How long ``stop`` waits for each client's last request; None: as long as it takes.
+    join_timeout: float | None = 60.0
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    workers: list[threading.Thread] = field(default_factory=list, init=False, repr=False)
+
+    def run(self, index: int) -> None:
+        """One client's loop; it returns once ``stopping`` is set."""
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        # Daemon threads: a client stuck in a request must not keep the process alive.
+        self.workers = [
+            threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(self.threads)
+        ]
+        for worker in self.workers:
+            worker.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for worker in self.workers:
+            worker.join(timeout=self.join_timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Load(ClientLoop):
+    """``streaming + plain`` clients calling the gateway in a loop until stopped."""
 
     def __init__(
         self, url: str, key: str, endpoint: str, *, streaming: int = 1, plain: int = 2
     ) -> None:
+        super().__init__(threads=streaming + plain, join_timeout=120)
         self.url, self.key, self.endpoint = url, key, endpoint
+        self.streaming = streaming
         self.outcomes: list[Outcome] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(i < streaming,), daemon=True)
-            for i in range(streaming + plain)
-        ]
 
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(timeout=120)
-
-    def _run(self, stream: bool) -> None:
+    def run(self, index: int) -> None:
+        stream = index < self.streaming
         with TurnoutClient(self.url, self.key, timeout=120) as client:
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 started = time.time()
                 try:
                     version, error = self._call(client, stream), None
