@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import pytest
 from tests.conftest import TinyModelFactory
 from tests.e2e.server import TurnoutServer
 from turnout.client import TurnoutClient, version_name
+from turnout.demo.load import ClientLoop
 
 pytestmark = pytest.mark.slow
 
@@ -163,28 +163,16 @@ def env(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModelFactory) 
 
 
 @dataclass
-class Load:
+class Load(ClientLoop):
     """Client threads in a loop through the gateway, so that canary gates have requests to
     count; ``failed`` holds every answer that was not a 200."""
 
     env: Env
-    threads: int = 2
+    threads: int = field(default=2, kw_only=True)
     answered: int = 0
     failed: list[str] = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
 
-    def __enter__(self) -> Load:
-        self.workers = [threading.Thread(target=self.run, daemon=True) for _ in range(self.threads)]
-        for worker in self.workers:
-            worker.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for worker in self.workers:
-            worker.join(timeout=60)
-
-    def run(self) -> None:
+    def run(self, index: int) -> None:
         body = {"model": ENDPOINT, "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": 8}  # fmt: skip
         headers = {"Authorization": f"Bearer {self.env.env['TURNOUT_API_KEY']}"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ from playwright.sync_api import Locator, expect
 
 from tests.console.conftest import Shot
 from tests.console.harness import ENDPOINT, ORG, STUCK_ENDPOINT, V1, ConsoleEnv
+from turnout.demo.load import ClientLoop
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -252,25 +252,16 @@ def test_console_calls_only_the_management_api(console_env: ConsoleEnv, page: Pa
     assert calls and all(p.startswith("/management/v1/") for p in calls), calls
 
 
-class Traffic:
+class Traffic(ClientLoop):
     """Inference requests against the gateway in a thread, so that a canary has traffic to
     split and judge and the endpoint's metrics have something to draw."""
 
     def __init__(self, env: ConsoleEnv) -> None:
+        super().__init__(threads=1, join_timeout=60)
         self.env = env
         self.answers: list[tuple[int, str]] = []  # (status, x-turnout-version)
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=60)
-
-    def run(self) -> None:
+    def run(self, index: int) -> None:
         with self.env.server.http(self.env.inference_key) as http:
             while not self.stopping.is_set():
                 resp = http.post(

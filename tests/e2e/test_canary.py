@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import pytest
 
 from tests.conftest import TinyModelFactory
 from tests.e2e.rollout_env import Deployed, make_deployed, wait_until
+from turnout.demo.load import ClientLoop
 
 pytestmark = pytest.mark.slow
 
@@ -92,29 +92,15 @@ class Answer:
 
 
 @dataclass
-class Load:
+class Load(ClientLoop):
     """Clients in a loop through the gateway; each thread is a few sessions, taken in turn."""
 
     env: Deployed
     endpoint: str
     sessions: int = 0  # 0: no session header
-    threads: int = 3
+    threads: int = field(default=3, kw_only=True)
     stream: bool = True
     answers: list[Answer] = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> Load:
-        self.workers = [
-            threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(self.threads)
-        ]
-        for worker in self.workers:
-            worker.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for worker in self.workers:
-            worker.join(timeout=60)
 
     def run(self, index: int) -> None:
         mine = [f"s{n}" for n in range(index, self.sessions, self.threads)] or [""]

@@ -3,7 +3,6 @@ two tiny-model versions, and clients using the official `openai` and Cerebras pa
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import pytest
 
 from tests.conftest import TinyModelFactory
 from tests.e2e.rollout_env import Deployed, make_deployed
+from turnout.demo.load import ClientLoop
 
 pytestmark = pytest.mark.slow
 
@@ -40,29 +40,17 @@ class Outcome:
     streamed: bool
 
 
-class Load:
+class Load(ClientLoop):
     """Clients calling the endpoint without pause, some streaming, until stopped."""
 
     def __init__(self, env: Deployed, streaming: int = 1, plain: int = 2) -> None:
+        super().__init__(threads=streaming + plain, join_timeout=60)
         self.env = env
+        self.streaming = streaming
         self.outcomes: list[Outcome] = []
-        self.stopping = threading.Event()
-        self.threads = [
-            threading.Thread(target=self._run, args=(i < streaming,), daemon=True)
-            for i in range(streaming + plain)
-        ]
 
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for t in self.threads:
-            t.join(timeout=60)
-
-    def _run(self, stream: bool) -> None:
+    def run(self, index: int) -> None:
+        stream = index < self.streaming
         client = openai.OpenAI(
             base_url=self.env.server.url + "/v1", api_key=self.env.inference_key, max_retries=0
         )

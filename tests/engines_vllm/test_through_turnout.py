@@ -6,7 +6,6 @@ status) and rolls to v2 under streaming load without a failed or truncated reque
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import pytest
 from tests.e2e.rollout_env import Deployed
 from tests.e2e.server import TurnoutServer
 from tests.engines_vllm.conftest import CPU_ARGS
+from turnout.demo.load import ClientLoop
 
 # The module fixture builds SmolLM2 v1/v2 (once per session) and starts vLLM: minutes on CPU.
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.timeout(1500)]
@@ -114,26 +114,15 @@ def test_vllm_errors_reach_the_client_flat_with_their_status(env: Deployed) -> N
 
 
 @dataclass
-class StreamLoad:
+class StreamLoad(ClientLoop):
     """Streaming clients in a loop; a stream that ends without a finish_reason is truncated."""
 
     env: Deployed
-    threads: int = 3
+    threads: int = field(default=3, kw_only=True)
+    join_timeout: float | None = field(default=180, kw_only=True)
     outcomes: list[tuple[int | None, str | None]] = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
 
-    def __enter__(self) -> StreamLoad:
-        self.workers = [threading.Thread(target=self.run, daemon=True) for _ in range(self.threads)]
-        for worker in self.workers:
-            worker.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for worker in self.workers:
-            worker.join(timeout=180)
-
-    def run(self) -> None:
+    def run(self, index: int) -> None:
         api = client(self.env)
         while not self.stopping.is_set():
             try:
