@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import reap_replicas  # noqa: E402
 from tests.e2e.rollout_env import Deployed, make_deployed  # noqa: E402
 
+from turnout.demo.load import ClientLoop  # noqa: E402
 from turnout.placement import process  # noqa: E402
 from turnout.registry.tinymodel import write_tiny_model  # noqa: E402
 
@@ -91,28 +92,15 @@ class Answer:
 
 
 @dataclass
-class Load:
+class Load(ClientLoop):
     """Client threads in a loop through the gateway, one chat completion after another."""
 
     url: str
     key: str
     endpoint: str
-    threads: int
     answers: list[Answer] = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
 
-    def __enter__(self) -> Load:
-        self.workers = [threading.Thread(target=self.run, daemon=True) for _ in range(self.threads)]
-        for worker in self.workers:
-            worker.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for worker in self.workers:
-            worker.join(timeout=60)
-
-    def run(self) -> None:
+    def run(self, index: int) -> None:
         body = {"model": self.endpoint, "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": 8}  # fmt: skip
         headers = {"Authorization": f"Bearer {self.key}"}
@@ -229,7 +217,7 @@ def bad_version_runs(root: Path, repeats: int) -> list[dict[str, Any]]:
 
 
 def canary_run(env: Deployed, bad: int) -> dict[str, Any]:
-    load = Load(env.server.url, env.inference_key, BEHAVING, BAD_LOAD_THREADS)
+    load = Load(env.server.url, env.inference_key, BEHAVING, threads=BAD_LOAD_THREADS)
     with load:
         time.sleep(1)
         done = deploy(env, BEHAVING, "bad", CANARY_POLICY)
@@ -252,7 +240,7 @@ def canary_run(env: Deployed, bad: int) -> dict[str, Any]:
 
 
 def surge_run(env: Deployed, bad: int, window_s: float) -> dict[str, Any]:
-    load = Load(env.server.url, env.inference_key, BEHAVING, BAD_LOAD_THREADS)
+    load = Load(env.server.url, env.inference_key, BEHAVING, threads=BAD_LOAD_THREADS)
     with load:
         time.sleep(1)
         done = deploy(env, BEHAVING, "bad", None)
@@ -303,7 +291,7 @@ def swap_runs(root: Path, repeats: int, replicas: int) -> list[dict[str, Any]]:
 
 
 def swap_run(env: Deployed, target: str, strategy: str) -> dict[str, Any]:
-    load = Load(env.server.url, env.inference_key, env.endpoint, SWAP_LOAD_THREADS)
+    load = Load(env.server.url, env.inference_key, env.endpoint, threads=SWAP_LOAD_THREADS)
     with load, replica_sampler(env.server.data_dir) as samples:
         time.sleep(0.5)
         before = samples[-1]

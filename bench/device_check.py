@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from turnout.client import TurnoutClient  # noqa: E402
+from turnout.demo.load import ClientLoop  # noqa: E402
 from turnout.demo.models import build_versions  # noqa: E402
 from turnout.demo.server import ServerProcess  # noqa: E402
 
@@ -61,17 +62,18 @@ def tokens_per_second(url: str, key: str, concurrency: int, tokens: int = 128) -
     return sum(counts) / (time.monotonic() - started)
 
 
-class Load:
+class Load(ClientLoop):
     """Two plain and one streaming client in a loop; counts answers and failures."""
 
     def __init__(self, url: str, key: str) -> None:
+        # No join timeout: every request in flight at the stop is counted, however long.
+        super().__init__(threads=3, join_timeout=None)
         self.url, self.key = url, key
         self.ok = 0
         self.failed: list[str] = []
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.run, args=(i == 0,)) for i in range(3)]
 
-    def run(self, stream: bool) -> None:
+    def run(self, index: int) -> None:
+        stream = index == 0
         body = {"model": ENDPOINT, "messages": PROMPT, "max_tokens": 32, "stream": stream}
         with TurnoutClient(self.url, self.key, timeout=300) as client:
             while not self.stopping.is_set():
@@ -86,16 +88,6 @@ class Load:
                     self.ok += 1
                 except Exception as exc:  # every failure is counted and shown
                     self.failed.append(f"{type(exc).__name__}: {exc}")
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join()
 
 
 def check_engine(engine: str, versions: tuple[Path, Path], vllm_python: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.e2e.hardening_env import deployed_with_stub, engine_pids, kill_leftovers  # noqa: E402
 
+from turnout.demo.load import ClientLoop  # noqa: E402
 from turnout.registry.tinymodel import write_tiny_model  # noqa: E402
 
 
@@ -56,14 +57,21 @@ class Outcome:
     error: str | None
 
 
-class Load:
-    def __init__(self, url: str, key: str, endpoint: str, timeout: float) -> None:
+class Load(ClientLoop):
+    """``streams`` streaming and ``plain`` plain clients; a client still in a request
+    ``timeout + 10`` seconds after the stop is counted as hung."""
+
+    def __init__(
+        self, url: str, key: str, endpoint: str, timeout: float, streams: int, plain: int
+    ) -> None:
+        super().__init__(threads=streams + plain, join_timeout=timeout + 10)
         self.url, self.key, self.endpoint, self.timeout = url, key, endpoint, timeout
+        self.streams = streams
         self.outcomes: list[Outcome] = []
-        self.stopping = threading.Event()
         self.lock = threading.Lock()
 
-    def run(self, stream: bool) -> None:
+    def run(self, index: int) -> None:
+        stream = index < self.streams
         with httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {self.key}"},
@@ -128,11 +136,9 @@ def soak(switches: int, streams: int, plain: int, request_timeout: float) -> dic
         pids: set[int] = set()
         try:
             assert env.wait_done(env.deploy("v1"))["response"]["rollout_status"] == "complete"
-            load = Load(env.server.url, env.inference_key, env.endpoint, request_timeout)
-            threads = [threading.Thread(target=load.run, args=(i < streams,), daemon=True)
-                       for i in range(streams + plain)]  # fmt: skip
-            for thread in threads:
-                thread.start()
+            load = Load(env.server.url, env.inference_key, env.endpoint, request_timeout,
+                        streams, plain)  # fmt: skip
+            load.start()
             time.sleep(1)
             began = time.time()
             # (switched at, complete at, label) of every deployment, the first one included.
@@ -155,10 +161,8 @@ def soak(switches: int, streams: int, plain: int, request_timeout: float) -> dic
                         print(f"{i + 1} switches, {len(load.outcomes)} requests", flush=True)
             ended = time.time()
             time.sleep(1)
-            load.stopping.set()
-            for thread in threads:
-                thread.join(timeout=request_timeout + 10)
-            hung = sum(thread.is_alive() for thread in threads)
+            load.stop()
+            hung = sum(worker.is_alive() for worker in load.workers)
         finally:
             pids |= engine_pids(env)
             env.server.stop()
