@@ -15,9 +15,11 @@ import itertools
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from fake_http import FakeEngineHandler
 
 
 class Behaviour:
@@ -32,23 +34,12 @@ class Behaviour:
         cls.model_dir, cls.conf = model_dir, dict(config.get("turnout_test") or {})
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    served_name = "model"
-
-    def _json(self, body: object, status: int = 200) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
+class Handler(FakeEngineHandler):
     def do_GET(self) -> None:
         self._json({"status": "ok", "model_path": Behaviour.model_dir})
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
+        body = self._read_json()
         if self.path == "/update_weights_from_disk":
             Behaviour.load(str(body["model_path"]))
             self._json({"success": True, "message": "reloaded", "num_paused_requests": 0})
@@ -79,10 +70,7 @@ class Handler(BaseHTTPRequestHandler):
             kind = "chat.completion" if chat else "text_completion"
             self._json({**base, "object": kind, "choices": [choice], "usage": usage})
             return
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
+        self._start_stream()
         for i, word in enumerate(words):
             last = i == len(words) - 1
             choice = {"index": 0, "finish_reason": "length" if last else None}
@@ -91,18 +79,10 @@ class Handler(BaseHTTPRequestHandler):
             event = {**base, "object": "chat.completion.chunk", "choices": [choice]}
             if last:
                 event["usage"] = usage
-            self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+            self._event(event)
             if not last:
                 time.sleep(float(conf.get("token_delay", 0)))
-        self._chunk(b"data: [DONE]\n\n")
-        self._chunk(b"")
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self._end_stream()
 
 
 def main() -> None:

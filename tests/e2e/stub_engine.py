@@ -21,13 +21,13 @@ import argparse
 import json
 import os
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from fake_http import FakeEngineHandler
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    served_name = "model"
+
+class Handler(FakeEngineHandler):
     tag = "v:unknown"
     gate_dir: Path | None = None
     chunks = 20
@@ -36,14 +36,6 @@ class Handler(BaseHTTPRequestHandler):
     def _held(self, name: str) -> bool:
         return self.gate_dir is not None and (self.gate_dir / name).exists()
 
-    def _json(self, body: dict[str, object], status: int = 200) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self) -> None:
         if self.path.startswith("/ready") and self._held("hold-ready"):
             self._json({"status": "loading"}, 503)
@@ -51,7 +43,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json({"status": "ok"})
 
     def do_POST(self) -> None:
-        request = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+        request = self._read_json()
         usage = {
             "prompt_tokens": 1,
             "completion_tokens": self.chunks,
@@ -66,10 +58,7 @@ class Handler(BaseHTTPRequestHandler):
             choice = {"index": 0, "finish_reason": "stop", "message": message, "text": self.tag}
             self._json({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
             return
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
+        self._start_stream()
         for i in range(self.chunks):
             last = i == self.chunks - 1
             choice = {
@@ -78,18 +67,10 @@ class Handler(BaseHTTPRequestHandler):
                 "finish_reason": "stop" if last else None,
             }
             event = {**base, "object": "chat.completion.chunk", "choices": [choice]}
-            self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+            self._event(event)
             if self.delay:
                 time.sleep(self.delay)
-        self._chunk(b"data: [DONE]\n\n")
-        self._chunk(b"")
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self._end_stream()
 
 
 def main() -> None:
