@@ -8,6 +8,7 @@ bare name (the script's folder is first on sys.path).
 from __future__ import annotations
 
 import json
+import time
 from http.server import BaseHTTPRequestHandler
 
 
@@ -41,6 +42,28 @@ class FakeEngineHandler(BaseHTTPRequestHandler):
     def _end_stream(self) -> None:
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")  # the empty chunk ends the chunked body
+
+    def _chat_answer(self, base: dict[str, object], text: str, usage: dict[str, int]) -> None:
+        """A whole answer, its text both as a chat message and as a completion's ``text``, so
+        that one shape serves /v1/chat/completions and /v1/completions."""
+        message = {"role": "assistant", "content": text}
+        choice = {"index": 0, "finish_reason": "stop", "message": message, "text": text}
+        self._json({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
+
+    def _chat_stream(self, base: dict[str, object], pieces: list[str], delay: float) -> None:
+        """One chat chunk per piece, ``delay`` seconds apart; the last one finishes."""
+        self._start_stream()
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            choice = {
+                "index": 0,
+                "delta": {"content": piece},
+                "finish_reason": "stop" if last else None,
+            }
+            self._event({**base, "object": "chat.completion.chunk", "choices": [choice]})
+            if delay:
+                time.sleep(delay)
+        self._end_stream()
 
     def _chunk(self, data: bytes) -> None:
         # Flushed one by one, so that a client sees each event when it is sent.

@@ -24,22 +24,9 @@ class Handler(FakeEngineHandler):
         base = {"id": "chatcmpl-slow", "created": int(time.time()), "model": self.served_name,
                 "system_fingerprint": "fp_slow"}  # fmt: skip
         if not request.get("stream"):
-            message = {"role": "assistant", "content": "ok"}
-            choice = {"index": 0, "finish_reason": "stop", "message": message, "text": "ok"}
-            self._json({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
+            self._chat_answer(base, "ok", usage)
             return
-        self._start_stream()
-        for i in range(CHUNKS):
-            last = i == CHUNKS - 1
-            choice = {
-                "index": 0,
-                "delta": {"content": "x"},
-                "finish_reason": "stop" if last else None,
-            }
-            event = {**base, "object": "chat.completion.chunk", "choices": [choice]}
-            self._event(event)
-            time.sleep(DELAY)
-        self._end_stream()
+        self._chat_stream(base, ["x"] * CHUNKS, DELAY)
 
 
 def main() -> None:

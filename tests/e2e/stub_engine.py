@@ -54,23 +54,9 @@ class Handler(FakeEngineHandler):
         if not request.get("stream"):
             while self._held("hold-warmup"):
                 time.sleep(0.05)
-            message = {"role": "assistant", "content": self.tag}
-            choice = {"index": 0, "finish_reason": "stop", "message": message, "text": self.tag}
-            self._json({**base, "object": "chat.completion", "choices": [choice], "usage": usage})
+            self._chat_answer(base, self.tag, usage)
             return
-        self._start_stream()
-        for i in range(self.chunks):
-            last = i == self.chunks - 1
-            choice = {
-                "index": 0,
-                "delta": {"content": self.tag if i == 0 else "."},
-                "finish_reason": "stop" if last else None,
-            }
-            event = {**base, "object": "chat.completion.chunk", "choices": [choice]}
-            self._event(event)
-            if self.delay:
-                time.sleep(self.delay)
-        self._end_stream()
+        self._chat_stream(base, [self.tag] + ["."] * (self.chunks - 1), self.delay)
 
 
 def main() -> None:
