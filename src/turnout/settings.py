@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     #: Bearer token for the gateway's Prometheus ``/metrics`` (its series name every endpoint
     #: and version); empty: ``/metrics`` is refused.
     metrics_token: str = ""
+    #: Seconds per window of the gateway's traffic counts (the Metrics API and the console
+    #: report the last complete one). Cerebras' Metrics API reports the last complete minute:
+    #: keep 60 unless a shorter view is worth leaving that contract (tests use a few seconds).
+    metrics_window: float = Field(default=60.0, ge=1, le=3600)
     #: Directories ``file://`` weight URIs may come from (``:`` or ``,`` separated).
     allowed_local_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     #: S3 ``s3://bucket/prefix`` every org may sync from (``,`` separated); an org's own

@@ -74,7 +74,12 @@ def make_console_env(root: Path, tiny_model: TinyModelFactory) -> ConsoleEnv:
         shutil.copytree(tiny_model(seed=seed), weights / f"seed{seed}")
     templates = root / "engines.json"
     templates.write_text(json.dumps(NEVER_READY))
-    env = {"TURNOUT_ALLOWED_LOCAL_ROOTS": str(weights), "TURNOUT_ENGINE_TEMPLATES": str(templates)}
+    env = {
+        "TURNOUT_ALLOWED_LOCAL_ROOTS": str(weights),
+        "TURNOUT_ENGINE_TEMPLATES": str(templates),
+        # Traffic windows of 5 s, not a minute: the charts fill while a test watches.
+        "TURNOUT_METRICS_WINDOW": "5",
+    }
     server = TurnoutServer(root / "data", env=env)
     server.cli("admin", "org", "create", ORG)
     server.cli("admin", "org", "create", "other-org")

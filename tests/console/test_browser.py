@@ -335,12 +335,13 @@ def test_a_canary_is_watched_paused_resumed_and_promoted_from_the_console(
         replicas = page.get_by_test_id("replicas")
         expect(replicas.locator("tbody tr")).to_have_count(2)
         expect(replicas.locator("tbody tr", has_text="v2")).to_contain_text("ready")
-        # Both versions are charted; v2's rate shows once a complete minute holds its share
-        # (the metrics route reports the last complete minute, as Cerebras' does).
-        legend = page.get_by_test_id("chart-rps").locator(".legend li")
-        expect(legend).to_have_text(
-            [re.compile(r"^v1: \d"), re.compile(r"^v2: (?!0\.00)\d")], timeout=90_000
+        # Both versions are charted with the requests each answered in the last complete
+        # window, and drawn as lines once two windows are in.
+        chart = page.get_by_test_id("chart-rps")
+        expect(chart.locator(".legend li")).to_have_text(
+            [re.compile(r"^v1: (?!0\.00)\d"), re.compile(r"^v2: (?!0\.00)\d")], timeout=30_000
         )
+        expect(chart.locator("polyline")).to_have_count(2, timeout=30_000)
         shot(page, "12-endpoint-during-canary")
 
         page.get_by_test_id("rollout-in-progress").get_by_role("link").click()

@@ -1,9 +1,12 @@
 """vLLM started from Turnout's ``vllm`` template serves SmolLM2 to the ``openai`` client, and
-its wire format is what the gateway expects to normalise (docs/engines.md, "vLLM on CPU")."""
+its wire format is what the gateway expects to normalise (docs/engines.md, "vLLM on CPU").
+Last, on the same process: SIGTERM while a stream runs lets the stream finish."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import httpx
 import openai
@@ -102,3 +105,36 @@ def test_unknown_model_is_a_404(vllm_v1: VllmProcess) -> None:
     assert resp.status_code == 404
     error = resp.json()["error"]
     assert (error["type"], error["param"], error["code"]) == ("NotFoundError", "model", 404)
+
+
+#: Few enough that the rest of the stream fits the template's --shutdown-timeout on a busy CPU.
+SIGTERM_MAX_TOKENS = 32
+
+
+def test_sigterm_lets_a_running_stream_finish(vllm_v1: VllmProcess) -> None:
+    """With the template's ``--shutdown-timeout`` vLLM finishes the stream (every token, then
+    ``[DONE]``) before it exits. Without it (vLLM's default, 0) the stream ends in an error
+    chunk; docs/engines.md records both. Runs last: it stops the module's vLLM."""
+    engine = vllm_v1
+    assert "--shutdown-timeout" in engine.argv
+    body = {
+        "model": SERVED_NAME,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": SIGTERM_MAX_TOKENS,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    lines: list[str] = []
+    with httpx.stream("POST", engine.url + "/v1/chat/completions", json=body, timeout=120) as resp:
+        for line in resp.iter_lines():
+            if line:
+                lines.append(line)
+            if len(lines) == 4:
+                os.kill(engine.proc.pid, signal.SIGTERM)
+    assert lines[-1] == "data: [DONE]", engine.log_tail()
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert not [c for c in chunks if "error" in c]
+    tokens = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert len(tokens) == SIGTERM_MAX_TOKENS
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert engine.proc.wait(timeout=120) == 0  # and then it exits on its own

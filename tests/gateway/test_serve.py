@@ -6,7 +6,6 @@ view in role `api`."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +21,7 @@ from turnout.demo.server import ServerProcess
 
 FLAT = {"message", "type", "param", "code"}
 ADMIN_TOKEN = "admin-token-for-the-gateway-tests-0123456789"
+METRICS_WINDOW = 4
 
 
 @pytest.fixture
@@ -74,7 +74,8 @@ def test_console_view_needs_the_gateway_in_process(tmp_path: Path) -> None:
 
 @pytest.fixture
 def deployed(tmp_path: Path, tiny_model: TinyModelFactory) -> Iterator[Deployed]:
-    env = {"TURNOUT_ADMIN_TOKEN": ADMIN_TOKEN}
+    # Windows of a few seconds rather than the default minute: the test reads a complete one.
+    env = {"TURNOUT_ADMIN_TOKEN": ADMIN_TOKEN, "TURNOUT_METRICS_WINDOW": str(METRICS_WINDOW)}
     deployed = make_deployed(tmp_path, tiny_model, env=env)
     try:
         done = deployed.wait_done(deployed.deploy("v1"))
@@ -101,12 +102,6 @@ def test_limits_and_metrics_through_turnout_serve(deployed: Deployed) -> None:
         base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
     )
     with http, admin:
-        # Traffic for the metrics, before any limit: 3 answers, one 400 from the engine.
-        for _ in range(3):
-            assert chat(d, http).status_code == 200
-        assert chat(d, http, max_tokens=-1).status_code == 400
-        sent_at = time.time()
-
         # `turnout admin key limit` reaches the gateway with the keys (within its refresh).
         listed = json.loads(server.cli("admin", "key", "list", "--org", "acme", "--json").stdout)
         (key,) = [k for k in listed["keys"] if k["kind"] == "inference"]
@@ -146,16 +141,22 @@ def test_limits_and_metrics_through_turnout_serve(deployed: Deployed) -> None:
             created = api.get("/management/v1/endpoints/acme-tiny").json()["created"]
         assert http.get("/v1/models").json()["data"][0]["created"] == created
 
-        # The console's view and the Metrics API show the minute that held the traffic above,
-        # once it is complete (the windows are wall-clock minutes).
-        with d.api() as api:
-            view = wait_until(
-                lambda: api.get(f"/management/v1/endpoints/{d.endpoint}/metrics").json(),
-                lambda v: v["at"] > sent_at and v["versions"][0]["requests_per_second"] > 0,
-                timeout=130,
-                interval=1,
-            )
-        assert view["window_seconds"] == 60
+        # The console's view and the Metrics API show the last complete window: traffic (3
+        # answers and one 400 from the engine) goes on until a complete window holds all of it.
+        def traffic_then_view() -> dict[str, Any]:
+            for _ in range(3):
+                assert chat(d, http).status_code == 200
+            assert chat(d, http, max_tokens=-1).status_code == 400
+            with d.api() as api:
+                return dict(api.get(f"/management/v1/endpoints/{d.endpoint}/metrics").json())
+
+        view = wait_until(
+            traffic_then_view,
+            lambda v: v["versions"][0]["error_rate"] > 0,  # a window with the 400 in it
+            timeout=60,
+            interval=0.5,
+        )
+        assert view["window_seconds"] == METRICS_WINDOW
         (v1,) = view["versions"]
         assert v1["version_id"] == d.version_id("v1")
         assert 0 < v1["error_rate"] < 1
