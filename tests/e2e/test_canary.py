@@ -329,8 +329,14 @@ def test_moving_a_followed_alias_deploys_and_moving_it_back_rolls_back(env: Depl
             ).json()["deployments"][0]
             return listed
 
-        serving_v1 = wait_until(newest, lambda d: d["done"], timeout=120)
-        assert serving_v1["response"]["version_id"] == env.version_id("v1")
+        # The worker notices the followed alias within a pass or so: until then the newest
+        # deployment is an earlier test's.
+        serving_v1 = wait_until(
+            newest,
+            lambda d: d["response"]["version_id"] == env.version_id("v1") and d["done"],
+            timeout=120,
+        )
+        assert serving_v1["response"]["rollout_status"] == "complete"
         api.patch(f"/management/v1/{v1}", json={"version_aliases": []})
         api.patch(f"/management/v1/{v2}", json={"version_aliases": ["production"]})
         moved = wait_until(

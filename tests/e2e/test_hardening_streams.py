@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import TinyModelFactory
-from tests.e2e.rollout_env import Deployed, make_deployed
+from tests.e2e.rollout_env import Deployed, make_deployed, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,9 @@ def test_long_streams_span_the_drain_without_a_failure(env: Deployed) -> None:
         thread.start()
     time.sleep(3)
     done = env.wait_done(env.deploy("v2"), timeout=300)
-    time.sleep(2)
+    ended = max(e["at"] for e in done["response"]["events"])
+    # Streams are long: wait for one that began after the rollout ended to finish too.
+    wait_until(lambda: [s for s in streams if s.started > ended], bool, timeout=HUNG * 2)
     stopping.set()
     for thread in threads:
         thread.join(timeout=HUNG + 30)
