@@ -223,7 +223,8 @@ def build_runtime(settings: Settings, role: Role = Role.ALL) -> Runtime:
     config = sync_config(settings)
     engines = EngineCatalog.from_file(settings.engine_templates)
     router, keys = Router(), StaticInferenceKeys()
-    # The gateway's per-minute counts; the management API reads them in the same process.
+    # The gateway's per-window counts (a minute by default); the management API reads them in
+    # the same process.
     traffic = Traffic(settings.metrics_window) if role in (Role.ALL, Role.GATEWAY) else None
     runs_workers = role in (Role.ALL, Role.WORKER)
     sync = SyncWorker(db, config) if runs_workers else None

@@ -1,6 +1,8 @@
 """The console in a real browser (Debian's chromium through Playwright) against a real
 `turnout serve`: sign in, see the endpoint, deploy v2 from the page and watch it complete live,
-roll back from the page and watch v1 serve again; cancel; aliases; a wrong key's message."""
+roll back from the page and watch v1 serve again; a canary under traffic watched, paused,
+resumed and promoted from its page; a version failing its golden prompt rolled back by itself;
+cancel; aliases; a wrong key's message."""
 
 from __future__ import annotations
 
@@ -273,14 +275,22 @@ class Traffic(ClientLoop):
                 time.sleep(0.05)
 
 
-def choose_canary(form: Locator, traffic_percent: int, hold_seconds: int) -> Locator:
-    """Fills the deploy form's policy for a one-step canary; returns the policy fieldset."""
+def canary_deploy_form(
+    page: Page, env: ConsoleEnv, traffic_percent: int, hold_seconds: int
+) -> tuple[Locator, Locator]:
+    """Signs in and opens the Models page's deploy form for v2 onto the endpoint, with a
+    one-step canary policy; returns the form and its policy fieldset."""
+    sign_in(page, env)
+    page.get_by_role("link", name="Models").click()
+    page.get_by_test_id("deploy-2").click()
+    form = page.get_by_test_id("deploy-form")
+    form.locator("select[name=endpoint]").select_option(ENDPOINT)
     policy = form.get_by_test_id("policy-form")
     policy.locator("select[name=strategy]").select_option("canary")
     policy.get_by_role("button", name="remove").last.click()  # keep only the first step
     policy.get_by_label("traffic %").fill(str(traffic_percent))
     policy.get_by_label("hold s").fill(str(hold_seconds))
-    return policy
+    return form, policy
 
 
 def serve_v1(env: ConsoleEnv) -> None:
@@ -295,12 +305,7 @@ def test_a_canary_is_watched_paused_resumed_and_promoted_from_the_console(
     env = console_env
     serve_v1(env)
     with Traffic(env) as traffic:
-        sign_in(page, env)
-        page.get_by_role("link", name="Models").click()
-        page.get_by_test_id("deploy-2").click()
-        form = page.get_by_test_id("deploy-form")
-        form.locator("select[name=endpoint]").select_option(ENDPOINT)
-        policy = choose_canary(form, traffic_percent=30, hold_seconds=3600)
+        form, policy = canary_deploy_form(page, env, traffic_percent=30, hold_seconds=3600)
         policy.get_by_label("max error rate").fill("0.5")
         shot(page, "10-canary-policy-form")
         with page.expect_request(re.compile(":deployModel$")) as submitted:
@@ -372,12 +377,7 @@ def test_a_version_failing_its_golden_prompt_is_rolled_back_by_itself(
 ) -> None:
     env = console_env
     serve_v1(env)
-    sign_in(page, env)
-    page.get_by_role("link", name="Models").click()
-    page.get_by_test_id("deploy-2").click()
-    form = page.get_by_test_id("deploy-form")
-    form.locator("select[name=endpoint]").select_option(ENDPOINT)
-    policy = choose_canary(form, traffic_percent=10, hold_seconds=60)
+    form, policy = canary_deploy_form(page, env, traffic_percent=10, hold_seconds=60)
     # The tiny random model never answers this: v2 is a bad version by its golden prompt.
     policy.get_by_label("golden prompt").fill("What is 2+2?")
     policy.get_by_label("expect regex").fill(r"^four$")
