@@ -126,8 +126,10 @@ def test_cancel_of_a_queued_deployment(env: tuple[Deployed, Path]) -> None:
     (gates / "hold-ready").touch()
     try:
         running = deployed.deploy(target)
+        # Held before the switch (its replica never gets ready): starting, then warming.
         wait_until(
-            lambda: deployed.deployment(running), lambda b: b["response"]["step"] == "starting"
+            lambda: deployed.deployment(running),
+            lambda b: b["response"]["step"] in ("starting", "warming"),
         )
         queued = deployed.deploy(before)
         assert deployed.deployment(queued)["response"]["rollout_status"] == "not_started"
